@@ -1,0 +1,46 @@
+"""Named crash points for recovery tests.
+
+``AGENTRUN_CRASH_AT=<point>`` (or ``<point>:<n>`` for the n-th time the point
+is reached in this process) makes the process SIGKILL itself there, exactly
+as a power cut or the OOM killer would stop it: no cleanup, no flush.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = (
+    "after-claim",          # worker: attempt row committed, command not started
+    "after-spawn",          # worker: command running, pid recorded
+    "before-done",          # worker: command finished, outcome not recorded
+    "after-done",           # worker: outcome committed, orchestrator not told
+    "during-integration",   # worker: inside the merge queue, integration branch not advanced
+    "mid-event-write",      # any writer: half an event line written
+    "orchestrator-loop",    # orchestrator: between scheduling steps
+)
+
+_counts: dict[str, int] = {}
+
+
+def _armed(point: str) -> bool:
+    spec = os.environ.get("AGENTRUN_CRASH_AT")
+    if not spec:
+        return False
+    name, _, nth = spec.partition(":")
+    if name != point:
+        return False
+    _counts[point] = _counts.get(point, 0) + 1
+    return _counts[point] == (int(nth) if nth else 1)
+
+
+def hit(point: str) -> None:
+    if _armed(point):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def torn_write(fd: int, line: bytes) -> None:
+    """At ``mid-event-write``: write half of ``line`` and die, leaving a torn tail."""
+    if _armed("mid-event-write"):
+        os.write(fd, line[: max(1, len(line) // 2)])
+        os.kill(os.getpid(), signal.SIGKILL)

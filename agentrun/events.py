@@ -1,0 +1,116 @@
+"""The append-only JSONL event log of a run.
+
+The state DB is the source of truth; this log is its journal, for people and
+for followers such as ``monitor``. Each record is one ``os.write`` of one
+complete line on an O_APPEND descriptor, under ``flock`` so that sequence
+numbers stay unique across processes. A crash can leave a torn last line:
+readers skip it, and the next writer truncates it before appending.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import crashpoints
+
+TAIL_BYTES = 8192
+
+
+class EventLog:
+    def __init__(self, path: str | Path, run_id: str):
+        self.path = Path(path)
+        self.run_id = run_id
+        self._fd: int | None = None
+        self._pid = 0
+        self._known_size = -1
+        self._seq = 0
+
+    def _descriptor(self) -> int:
+        # A descriptor inherited across fork would share its offset and lock
+        # with the parent: each process opens its own.
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            self._pid = os.getpid()
+            self._known_size = -1
+        return self._fd
+
+    def emit(self, type_: str, ws_id: str | None = None, attempt: int | None = None, **fields: Any) -> dict:
+        fd = self._descriptor()
+        record = {"seq": 0, "ts": round(time.time(), 6), "run_id": self.run_id, "type": type_,
+                  "ws_id": ws_id, "attempt": attempt, **fields}
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            size = os.fstat(fd).st_size
+            if size != self._known_size:
+                size = self._repair_and_read_seq(fd, size)
+            self._seq += 1
+            record["seq"] = self._seq
+            line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
+            crashpoints.torn_write(fd, line)
+            os.write(fd, line)
+            self._known_size = size + len(line)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return record
+
+    def _repair_and_read_seq(self, fd: int, size: int) -> int:
+        """Drop a torn tail, learn the last sequence number; returns the repaired size."""
+        if size == 0:
+            self._seq = 0
+            return 0
+        start = max(0, size - TAIL_BYTES)
+        tail = os.pread(fd, size - start, start)
+        if not tail.endswith(b"\n"):
+            cut = tail.rfind(b"\n")
+            size = start + cut + 1 if cut >= 0 else start
+            os.ftruncate(fd, size)
+            tail = tail[: cut + 1] if cut >= 0 else b""
+        for line in reversed(tail.splitlines()):
+            try:
+                self._seq = int(json.loads(line)["seq"])
+                return size
+            except (ValueError, KeyError, TypeError):
+                continue
+        return size
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+
+def read_events(path: str | Path, offset: int = 0) -> tuple[list[dict], int, int]:
+    """Complete records from ``offset``; returns (records, new offset, lines skipped as garbage).
+
+    An unterminated last line is not consumed: it is either being written or
+    torn, and the caller will see it again (completed) or never.
+    """
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset, 0
+    records, bad = [], 0
+    for line in data[: end + 1].splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if isinstance(rec, dict):
+                records.append(rec)
+            else:
+                bad += 1
+        except ValueError:
+            bad += 1
+    return records, offset + end + 1, bad
+
+
+def iter_events(path: str | Path) -> Iterator[dict]:
+    records, _, _ = read_events(path)
+    yield from records

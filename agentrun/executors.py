@@ -1,0 +1,76 @@
+"""How a workstream is done: the executor seam.
+
+An executor gets an ``AttemptContext`` (where to work, environment, log,
+limits, a cancel descriptor) and returns an ``ExecResult``. It knows nothing
+of SQL, scheduling or git. Today there is one executor, ``CommandExecutor``,
+for ``run = ...``; the built-in LLM agent and external agent CLIs plug in here.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from . import procs
+from .spec import Command, Workstream
+
+
+@dataclass
+class AttemptContext:
+    workdir: str
+    env: dict[str, str]
+    log_fd: int
+    timeout: float | None
+    cancel_fd: int | None
+    on_spawn: Callable[[int, int], None] = lambda pid, pgid: None
+    on_heartbeat: Callable[[], None] = lambda: None
+    heartbeat: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class ExecResult:
+    status: str                 # "ok", "failed", "timeout", "cancelled"
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str | None = None
+
+
+class Executor(Protocol):
+    def execute(self, ws: Workstream, ctx: AttemptContext) -> ExecResult: ...
+
+
+def run_command(command: Command, ctx: AttemptContext, *, timeout: float | None) -> ExecResult:
+    """Run one command in its own process group, bounded by ``timeout`` and cancellable."""
+    try:
+        proc = procs.spawn(command.popen_args(), cwd=ctx.workdir, env=ctx.env, log_fd=ctx.log_fd)
+    except OSError as exc:
+        return ExecResult("failed", error=f"cannot start {command.display()!r}: {exc.strerror or exc}")
+    ctx.on_spawn(proc.pid, proc.pid)
+    end = procs.wait(proc, timeout=timeout, cancel_fd=ctx.cancel_fd,
+                     heartbeat=ctx.heartbeat, on_heartbeat=ctx.on_heartbeat)
+    code = end.returncode
+    sig = -code if code is not None and code < 0 else None
+    exit_code = code if code is not None and code >= 0 else None
+    if end.how == "timeout":
+        return ExecResult("timeout", exit_code, sig, f"timed out after {timeout:g}s; process group stopped")
+    if end.how == "cancelled":
+        return ExecResult("cancelled", exit_code, sig, "stopped: run interrupted")
+    if code == 0:
+        return ExecResult("ok", 0)
+    if sig is not None:
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        return ExecResult("failed", None, sig, f"killed by {name}")
+    return ExecResult("failed", exit_code, None, f"exit code {exit_code}")
+
+
+class CommandExecutor:
+    """``run = "..."``: a shell string or an argv list."""
+
+    def execute(self, ws: Workstream, ctx: AttemptContext) -> ExecResult:
+        return run_command(ws.run, ctx, timeout=ctx.timeout)
+
+
+def executor_for(ws: Workstream) -> Executor:
+    return CommandExecutor()

@@ -1,0 +1,62 @@
+"""Where things live: the project root, the state directory and a run's files."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .state import DB_NAME
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The git top level containing ``start`` (default: the current directory), else ``start``."""
+    start = (start or Path.cwd()).resolve()
+    try:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return start
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else start
+
+
+def new_run_id() -> str:
+    """Sorts by start time; safe in paths and git branch names."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+@dataclass(frozen=True)
+class Layout:
+    state_dir: Path
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / DB_NAME
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.state_dir / "runs" / run_id
+
+    def events_path(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "events.jsonl"
+
+    def logs_dir(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "logs"
+
+    def log_path(self, run_id: str, ws_id: str, attempt: int) -> Path:
+        return self.logs_dir(run_id) / f"{ws_id}.{attempt}.log"
+
+    def tmp_dir(self, run_id: str, ws_id: str) -> Path:
+        return self.run_dir(run_id) / "tmp" / ws_id
+
+    def worktrees_dir(self, run_id: str) -> Path:
+        return self.state_dir / "worktrees" / run_id
+
+    def create_run_dirs(self, run_id: str) -> None:
+        os.makedirs(self.logs_dir(run_id), exist_ok=True)
+
+
+def layout_for(state_dir: str | None, root: Path) -> Layout:
+    return Layout(Path(state_dir).resolve() if state_dir else root / ".agentrun")

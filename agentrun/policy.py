@@ -1,0 +1,29 @@
+"""Retry policy: what happens after an attempt ends. Pure core."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_BACKOFF_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    ws_status: str              # "done", "retrying", "failed" or "interrupted"
+    retry_in: float | None = None
+
+
+def backoff(attempt: int, base: float) -> float:
+    """Delay before attempt ``attempt + 1``: base, 2*base, 4*base ... capped."""
+    return min(MAX_BACKOFF_SECONDS, base * (2 ** max(0, attempt - 1)))
+
+
+def after_attempt(exec_status: str, attempt: int, max_attempts: int, backoff_base: float) -> Decision:
+    """``exec_status`` is an ExecResult status (ok, failed, timeout, cancelled) or "lost"."""
+    if exec_status == "ok":
+        return Decision("done")
+    if exec_status == "cancelled":
+        return Decision("interrupted")
+    if attempt < max_attempts:
+        return Decision("retrying", backoff(attempt, backoff_base))
+    return Decision("failed")

@@ -1,0 +1,327 @@
+"""The orchestrator: turns a plan into a run.
+
+It owns scheduling decisions and run-level bookkeeping (ready, blocked, the
+run's status and heartbeat); workers own their attempts' transitions. Both go
+through the state DB, so the run can be followed, reported and recovered by
+other processes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import crashpoints, policy, procs
+from .attempt import Completion, Job, RunContext
+from .backends import LocalProcessBackend
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, StateError, UsageError
+from .events import EventLog
+from .layout import Layout, layout_for, new_run_id, project_root
+from .planner import Plan, build_plan, select
+from .scheduler import SCHEDULES, Scheduler
+from .spec import Source, load_source
+from .state import StateStore, json_dumps
+
+RUN_HEARTBEAT_SECONDS = 2.0
+
+
+@dataclass
+class RunOptions:
+    source: str = "waves"
+    max_workers: int = 1
+    schedule: str = "eager"
+    fail_fast: bool = False
+    ws_ids: tuple[str, ...] = ()
+    with_deps: bool = False
+    state_dir: str | None = None
+
+
+@dataclass
+class Prepared:
+    """A validated source and its plan: everything decided before anything is written."""
+
+    options: RunOptions
+    source: Source
+    plan: Plan
+    root: Path
+    layout: Layout
+
+
+def prepare(options: RunOptions, cwd: Path | None = None) -> Prepared:
+    if options.max_workers < 1:
+        raise UsageError("--max-workers: must be at least 1")
+    if options.schedule not in SCHEDULES:
+        raise UsageError(f"--schedule: must be one of {', '.join(SCHEDULES)}")
+    source = load_source(options.source)
+    chosen = source.workstreams
+    if options.ws_ids:
+        chosen = select(source.workstreams, options.ws_ids, options.with_deps)
+    root = project_root(cwd)
+    layout = layout_for(options.state_dir, root)
+    plan = build_plan(chosen, read_history(layout, [w.id for w in chosen]))
+    return Prepared(options, source, plan, root, layout)
+
+
+def read_history(layout: Layout, ws_ids: list[str]) -> dict[str, list[float]]:
+    """Past durations from the state DB, if there is one; planning never creates it."""
+    if not layout.db_path.is_file():
+        return {}
+    try:
+        store = StateStore(layout.db_path, readonly=True)
+    except StateError:
+        return {}
+    try:
+        return store.history(ws_ids)
+    finally:
+        store.close()
+
+
+def create_run(prep: Prepared) -> tuple[StateStore, str]:
+    """Write the run and its workstreams; from here on the run exists."""
+    opts = prep.options
+    os.makedirs(prep.layout.state_dir, exist_ok=True)
+    store = StateStore(prep.layout.db_path)
+    run_id = new_run_id()
+    while store.run(run_id) is not None:
+        run_id = new_run_id()
+    prep.layout.create_run_dirs(run_id)
+    plan = prep.plan
+    hashes = {w: ws.spec_hash() for w, ws in plan.workstreams.items()}
+    run_row = {
+        "id": run_id, "source": str(Path(opts.source).resolve()), "project_root": str(prep.root),
+        "options": json_dumps({"max_workers": opts.max_workers, "schedule": opts.schedule,
+                               "fail_fast": opts.fail_fast, "ws_ids": list(opts.ws_ids),
+                               "with_deps": opts.with_deps}),
+        "status": "running", "created_at": time.time(), "max_workers": opts.max_workers,
+        "schedule": opts.schedule, "spec_hash": json_dumps(sorted(hashes.items())),
+    }
+    rows = [(run_id, w, json_dumps(ws.to_json()), hashes[w], "pending", ws.retries + 1, plan.wave_of[w],
+             plan.estimates[w]) for w, ws in plan.workstreams.items()]
+    store.create_run(run_row, rows)
+    return store, run_id
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    counts: dict[str, int]
+    elapsed: float
+    exit_code: int
+
+
+@dataclass
+class Orchestrator:
+    store: StateStore
+    layout: Layout
+    run_id: str
+    plan: Plan
+    root: Path
+    options: RunOptions
+    display: object = None
+    ctx: RunContext = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.events = EventLog(self.layout.events_path(self.run_id), self.run_id)
+        self.ctx = RunContext(
+            run_id=self.run_id, root=self.root, layout=self.layout, workstreams=self.plan.workstreams,
+            max_attempts={w: ws.retries + 1 for w, ws in self.plan.workstreams.items()},
+            base_env=dict(os.environ))
+        self.attempts: dict[str, int] = {}
+        self.started: dict[str, float] = {}
+        self.retry_heap: list[tuple[float, str]] = []
+        self.stop_reason: str | None = None
+        self.sched: Scheduler | None = None
+        self.t0 = time.time()
+
+    # --- signals -------------------------------------------------------------
+    def _install_signals(self) -> int:
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+
+        def on_signal(signum, frame):
+            if self.stop_reason is None:
+                self.stop_reason = "interrupted"
+
+        self._old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._old_wakeup = signal.set_wakeup_fd(wake_w)
+        self._wake = (wake_r, wake_w)
+        return wake_r
+
+    def _restore_signals(self) -> None:
+        signal.set_wakeup_fd(self._old_wakeup)
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        for fd in self._wake:
+            os.close(fd)
+
+    # --- the run ---------------------------------------------------------------
+    def run(self) -> RunResult:
+        wake_r = self._install_signals()
+        rows = {r["ws_id"]: r for r in self.store.workstreams(self.run_id)}
+        self.attempts = {w: r["attempt"] for w, r in rows.items()}
+        done = [w for w, r in rows.items() if r["status"] == "done"]
+        self.sched = Scheduler(self.plan, self.options.schedule, completed=done)
+        self.store.update_run(self.run_id, status="running", orchestrator_pid=os.getpid(),
+                              orchestrator_start=procs.proc_start_time(os.getpid()), heartbeat_at=time.time())
+        self.events.emit("run_started", workers=self.options.max_workers, schedule=self.options.schedule,
+                         workstreams=len(self.plan.workstreams))
+        self._make_ready(self.sched.initially_ready)
+        backend = LocalProcessBackend(self.ctx, self.options.max_workers,
+                                      before_fork=lambda: self.store.close(), after_fork=self._reopen)
+        self.backend = backend
+        last_beat = time.monotonic()
+        try:
+            while self.stop_reason is None:
+                self._dispatch(backend)
+                if self.sched.finished():
+                    break
+                crashpoints.hit("orchestrator-loop")
+                completions = backend.poll(self._poll_timeout(), [wake_r])
+                _drain(wake_r)
+                for c in completions:
+                    self._handle(c)
+                self._release_due_retries()
+                if time.monotonic() - last_beat >= RUN_HEARTBEAT_SECONDS:
+                    self.store.update_run(self.run_id, heartbeat_at=time.time())
+                    last_beat = time.monotonic()
+                self._show()
+        finally:
+            if self.stop_reason is not None:
+                backend.cancel_all()
+            for c in backend.shutdown():
+                self._handle(c)
+            self._restore_signals()
+        return self._finish()
+
+    def _reopen(self) -> None:
+        self.store = StateStore(self.layout.db_path)
+
+    def _poll_timeout(self) -> float:
+        timeout = RUN_HEARTBEAT_SECONDS
+        if self.display is not None:
+            timeout = min(timeout, getattr(self.display, "interval", timeout))
+        if self.retry_heap:
+            timeout = min(timeout, max(0.0, self.retry_heap[0][0] - time.time()))
+        return timeout
+
+    def _dispatch(self, backend: LocalProcessBackend) -> None:
+        free = backend.free_slots()
+        if free <= 0:
+            return
+        for ws_id in self.sched.take(free):
+            self.attempts[ws_id] = self.attempts.get(ws_id, 0) + 1
+            self.started[ws_id] = time.time()
+            backend.submit(Job(ws_id, self.attempts[ws_id]))
+
+    def _make_ready(self, ws_ids: list[str]) -> None:
+        if not ws_ids:
+            return
+        self.store.set_status(self.run_id, ws_ids, "ready", only_from=("pending", "retrying", "ready"))
+        for ws_id in ws_ids:
+            self.events.emit("ws_ready", ws_id, self.attempts.get(ws_id, 0) + 1)
+
+    def _handle(self, c: Completion) -> None:
+        sched = self.sched
+        self.started.pop(c.ws_id, None)
+        if c.status == "lost":
+            c = self._record_lost(c)
+        if c.status == "done":
+            self._make_ready(sched.mark_done(c.ws_id))
+        elif c.status == "retrying":
+            sched.defer(c.ws_id)
+            heapq.heappush(self.retry_heap, (c.retry_at or time.time(), c.ws_id))
+        elif c.status == "failed":
+            blocked = sched.mark_failed(c.ws_id)
+            if blocked:
+                self.store.set_status(self.run_id, blocked, "blocked", error=f"dependency '{c.ws_id}' failed",
+                                      now=time.time())
+                for ws_id in blocked:
+                    self.events.emit("ws_blocked", ws_id, None, because=c.ws_id)
+            if self.options.fail_fast and self.stop_reason is None:
+                self.stop_reason = "fail-fast"
+        else:  # interrupted or skipped: it stopped without an outcome
+            sched.release(c.ws_id)
+
+    def _record_lost(self, c: Completion) -> Completion:
+        ws = self.plan.workstreams[c.ws_id]
+        decision = policy.after_attempt("lost", c.attempt, ws.retries + 1, ws.retry_backoff)
+        now = time.time()
+        retry_at = now + decision.retry_in if decision.retry_in is not None else None
+        with self.store.write() as db:
+            db.execute("UPDATE attempts SET status = 'lost', finished_at = ?, error = ? "
+                       "WHERE run_id = ? AND ws_id = ? AND attempt = ? AND status = 'running'",
+                       (now, c.error, self.run_id, c.ws_id, c.attempt))
+            db.execute("UPDATE workstreams SET status = ?, retry_at = ?, error = ? WHERE run_id = ? AND ws_id = ?",
+                       (decision.ws_status, retry_at, c.error, self.run_id, c.ws_id))
+        self.events.emit("ws_lost", c.ws_id, c.attempt, error=c.error)
+        if decision.ws_status == "failed":
+            self.events.emit("ws_failed", c.ws_id, c.attempt, error=c.error)
+        else:
+            self.events.emit("ws_retrying", c.ws_id, c.attempt, error=c.error)
+        return Completion(c.ws_id, c.attempt, decision.ws_status, retry_at, c.error)
+
+    def _release_due_retries(self) -> None:
+        due = []
+        now = time.time()
+        while self.retry_heap and self.retry_heap[0][0] <= now:
+            due.append(heapq.heappop(self.retry_heap)[1])
+        if due:
+            self._make_ready(due)
+            for ws_id in due:
+                self.sched.requeue(ws_id)
+
+    def _show(self, force: bool = False) -> None:
+        if self.display is not None:
+            self.display.update(self, force=force)
+
+    def _finish(self) -> RunResult:
+        # Work that never started goes back to pending, so a resume picks it up.
+        leftover = [r["ws_id"] for r in self.store.workstreams(self.run_id)
+                    if r["status"] in ("ready", "retrying")]
+        self.store.set_status(self.run_id, leftover, "pending", only_from=("ready", "retrying"))
+        counts = self.store.counts(self.run_id)
+        total = sum(counts.values())
+        if self.stop_reason == "interrupted":
+            status, code = "interrupted", EXIT_INTERRUPTED
+        elif counts.get("done", 0) == total:
+            status, code = "done", EXIT_OK
+        else:
+            status, code = "failed", EXIT_FAILED
+        now = time.time()
+        self.store.update_run(self.run_id, status=status, finished_at=now, heartbeat_at=now)
+        kind = "run_interrupted" if status == "interrupted" else "run_finished"
+        self.events.emit(kind, status=status, counts=counts, elapsed=round(now - self.t0, 3),
+                         reason=self.stop_reason)
+        self._show(force=True)
+        self.events.close()
+        return RunResult(self.run_id, status, counts, now - self.t0, code)
+
+    # --- views for displays ------------------------------------------------------
+    def eta(self) -> float | None:
+        """Seconds left by the estimates: max(remaining work / workers, longest remaining path)."""
+        if self.sched is None:
+            return None
+        now = time.time()
+        pending = self.sched.pending()
+        if not pending:
+            return 0.0
+        work = 0.0
+        for w in pending:
+            spent = now - self.started[w] if w in self.started else 0.0
+            work += max(0.0, self.plan.estimates[w] - spent)
+        longest = max(self.plan.rank[w] - (now - self.started.get(w, now)) for w in pending)
+        return max(work / self.options.max_workers, longest, 0.0)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass

@@ -1,0 +1,459 @@
+"""Workstream files: parsing and validation.
+
+Pure core: ``parse_documents`` turns already-read documents into validated
+``Workstream`` objects or raises one ``SpecError`` listing every problem.
+``load_source`` is the thin layer that reads the files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .durations import parse_duration
+from .errors import SpecError
+
+CONFIG_FILE = "agentrun.toml"
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+TYPES = ("unit_test", "refactor", "docs", "codegen", "fix", "other")
+PRIORITIES = ("critical", "high", "normal", "low")
+COMPLEXITIES = ("simple", "moderate", "complex")
+ISOLATIONS = ("auto", "worktree", "none")
+SCOPES = ("fail", "warn", "off")
+ON_CONFLICT = ("fail", "retry")
+MERGE_STRATEGIES = ("rebase", "merge")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command as written: a shell string, or an argv list run without a shell."""
+
+    argv: tuple[str, ...] | None = None
+    shell: str | None = None
+    name: str = ""
+
+    def popen_args(self) -> list[str]:
+        if self.shell is not None:
+            return ["/bin/sh", "-c", self.shell]
+        return list(self.argv or ())
+
+    def display(self) -> str:
+        return self.name or (self.shell if self.shell is not None else " ".join(self.argv or ()))
+
+    def to_json(self) -> Any:
+        base: Any = self.shell if self.shell is not None else list(self.argv or ())
+        return {"name": self.name, "run": base} if self.name else base
+
+
+@dataclass
+class Workstream:
+    id: str
+    run: Command
+    source: str = ""
+    title: str = ""
+    description: str = ""
+    type: str = "other"
+    priority: str = "normal"
+    complexity: str = "moderate"
+    depends_on: tuple[str, ...] = ()
+    estimate: float | None = None
+    files: tuple[str, ...] = ()
+    cwd: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    retries: int = 0
+    retry_backoff: float = 1.0
+    tags: tuple[str, ...] = ()
+    # Isolation and integration (see README "Isolation and integration").
+    isolation: str = "auto"
+    setup: tuple[Command, ...] = ()
+    copy_untracked: tuple[str, ...] = ()
+    gates: tuple[Command, ...] = ()
+    expect_changes: bool | None = None
+    scope: str = "fail"
+    baseline_gates: bool = False
+    gate_after_merge: bool = False
+    on_conflict: str = "fail"
+    merge: str = "rebase"
+    conflict_group: str | None = None
+    parallel_ok: bool = True
+
+    @property
+    def changes_expected(self) -> bool:
+        return self.expect_changes if self.expect_changes is not None else bool(self.files)
+
+    def to_json(self) -> dict[str, Any]:
+        """Canonical, JSON-able form: what is snapshotted in the state DB and hashed."""
+        out: dict[str, Any] = {}
+        for name in FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, Command):
+                value = value.to_json()
+            elif isinstance(value, tuple):
+                value = [v.to_json() if isinstance(v, Command) else v for v in value]
+            out[name] = value
+        return out
+
+    def spec_hash(self) -> str:
+        blob = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --- field checkers: each returns the normalised value or raises ValueError ---
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {_tname(v)}")
+    return v
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        _str(v)
+        if v not in options:
+            hint = difflib.get_close_matches(v, options, n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ValueError(f"{v!r} is not one of {', '.join(options)}{extra}")
+        return v
+    return check
+
+
+def _str_list(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        raise ValueError("expected a list of strings, got a string; write it as [\"...\"]")
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise ValueError("expected a list of non-empty strings")
+    return tuple(v)
+
+
+def _duration(v: Any) -> float:
+    return parse_duration(v)
+
+
+def _opt_duration(v: Any) -> float | None:
+    seconds = parse_duration(v)
+    if seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+def _int_nonneg(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"expected a whole number >= 0, got {v!r}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
+def _env(v: Any) -> dict[str, str]:
+    if not isinstance(v, dict):
+        raise ValueError(f"expected a table of NAME = \"value\", got {_tname(v)}")
+    for key, val in v.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ValueError(f"{key!r} is not a valid environment variable name")
+        if not isinstance(val, str):
+            raise ValueError(f"value of {key} must be a string, got {_tname(val)}")
+    return dict(v)
+
+
+def _command(v: Any) -> Command:
+    if isinstance(v, str):
+        if not v.strip():
+            raise ValueError("the command is empty")
+        return Command(shell=v)
+    if isinstance(v, list):
+        if not v or not all(isinstance(x, str) for x in v) or not v[0]:
+            raise ValueError("an argv list must be non-empty strings, e.g. [\"pytest\", \"-q\"]")
+        return Command(argv=tuple(v))
+    if isinstance(v, dict):
+        unknown = set(v) - {"name", "run"}
+        if unknown or "run" not in v:
+            raise ValueError("a command table takes exactly: run (required), name")
+        inner = _command(v["run"])
+        name = v.get("name", "")
+        if not isinstance(name, str):
+            raise ValueError("a command's name must be a string")
+        return Command(argv=inner.argv, shell=inner.shell, name=name)
+    raise ValueError(f"expected a command string or an argv list, got {_tname(v)}")
+
+
+def _commands(v: Any) -> tuple[Command, ...]:
+    if isinstance(v, (str, dict)):
+        return (_command(v),)
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list of commands, got {_tname(v)}")
+    # A flat list of strings is ambiguous: treat it as several shell commands,
+    # which is how people write lists of gates.
+    return tuple(_command(x) for x in v)
+
+
+def _rel_path(v: Any) -> str:
+    _str(v)
+    p = Path(v)
+    if p.is_absolute() or ".." in p.parts:
+        raise ValueError(f"{v!r} must be a relative path inside the project (no '..')")
+    return v
+
+
+def _globs(v: Any) -> tuple[str, ...]:
+    items = _str_list(v)
+    for item in items:
+        _rel_path(item)
+    return items
+
+
+def _tname(v: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(v), type(v).__name__)
+
+
+FIELDS: dict[str, Callable[[Any], Any]] = {
+    "id": _str,
+    "title": _str,
+    "description": _str,
+    "type": _choice(TYPES),
+    "priority": _choice(PRIORITIES),
+    "complexity": _choice(COMPLEXITIES),
+    "depends_on": _str_list,
+    "estimate": _duration,
+    "files": _globs,
+    "run": _command,
+    "cwd": _rel_path,
+    "env": _env,
+    "timeout": _opt_duration,
+    "retries": _int_nonneg,
+    "retry_backoff": _duration,
+    "tags": _str_list,
+    "isolation": _choice(ISOLATIONS),
+    "setup": _commands,
+    "copy_untracked": _globs,
+    "gates": _commands,
+    "expect_changes": _bool,
+    "scope": _choice(SCOPES),
+    "baseline_gates": _bool,
+    "gate_after_merge": _bool,
+    "on_conflict": _choice(ON_CONFLICT),
+    "merge": _choice(MERGE_STRATEGIES),
+    "conflict_group": _str,
+    "parallel_ok": _bool,
+}
+# Fields that describe one workstream's identity and cannot be defaults.
+NOT_DEFAULTABLE = {"id", "depends_on", "title", "description"}
+CONFIG_SECTIONS = ("defaults",)
+
+
+@dataclass
+class Source:
+    """What a workstream source holds once loaded and validated."""
+
+    path: str
+    workstreams: list[Workstream]
+    defaults: dict[str, Any]
+    files: list[str]
+
+    def by_id(self) -> dict[str, Workstream]:
+        return {w.id: w for w in self.workstreams}
+
+
+def _did_you_mean(name: str, options) -> str:
+    hint = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f"; did you mean '{hint[0]}'?" if hint else f"; known fields: {', '.join(sorted(options))}"
+
+
+def _check_fields(raw: dict[str, Any], where: str, problems: list[str], allowed) -> dict[str, Any]:
+    """Validate each known field; report unknown ones. Returns the normalised values."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in allowed:
+            problems.append(f"{where}: field '{key}': unknown field{_did_you_mean(key, allowed)}")
+            continue
+        try:
+            out[key] = FIELDS[key](value)
+        except ValueError as exc:
+            problems.append(f"{where}: field '{key}': {exc}")
+    return out
+
+
+def parse_config(name: str, doc: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The ``[defaults]`` of an agentrun.toml, validated field by field."""
+    for key in doc:
+        if key not in CONFIG_SECTIONS:
+            problems.append(f"{name}: section '{key}': unknown section{_did_you_mean(key, CONFIG_SECTIONS)}")
+    defaults = doc.get("defaults", {})
+    if not isinstance(defaults, dict):
+        problems.append(f"{name}: section 'defaults': expected a table")
+        return {}
+    allowed = set(FIELDS) - NOT_DEFAULTABLE
+    return _check_fields(defaults, f"{name} [defaults]", problems, allowed)
+
+
+def _entries(name: str, doc: Any, problems: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Split one document into (where, raw workstream) pairs."""
+    stem = Path(name).stem
+    if not isinstance(doc, dict):
+        problems.append(f"{name}: expected a table (one workstream) or [[workstream]] tables")
+        return []
+    if "workstream" in doc:
+        extra = [k for k in doc if k != "workstream"]
+        if extra:
+            problems.append(f"{name}: field '{extra[0]}': a file with [[workstream]] tables holds nothing else; "
+                            "move it into a [[workstream]] or [defaults] in agentrun.toml")
+        items = doc["workstream"]
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            problems.append(f"{name}: field 'workstream': expected [[workstream]] tables")
+            return []
+        out = []
+        for index, item in enumerate(items):
+            ws_id = item.get("id")
+            if ws_id is None:
+                problems.append(f"{name}: workstream #{index + 1}: field 'id': required in a [[workstream]] table")
+                continue
+            out.append((f"{name}: workstream '{ws_id}'", item))
+        return out
+    item = dict(doc)
+    item.setdefault("id", stem)
+    return [(f"{name}: workstream '{item['id']}'", item)]
+
+
+def parse_documents(docs: list[tuple[str, Any]], config: dict[str, Any] | None = None,
+                    config_name: str = CONFIG_FILE) -> list[Workstream]:
+    """Validate every document; return workstreams sorted by id or raise SpecError."""
+    problems: list[str] = []
+    defaults = parse_config(config_name, config or {}, problems)
+    built: list[Workstream] = []
+    seen: dict[str, str] = {}
+    for name, doc in docs:
+        for where, raw in _entries(name, doc, problems):
+            before = len(problems)
+            values = _check_fields(raw, where, problems, FIELDS)
+            ws_id = values.get("id")
+            if isinstance(ws_id, str) and not ID_RE.fullmatch(ws_id):
+                problems.append(f"{where}: field 'id': {ws_id!r} is not a valid id; use lowercase letters, "
+                                "digits, '.', '_' and '-', starting with a letter or digit")
+            elif isinstance(ws_id, str) and (".." in ws_id or ws_id.endswith(".lock") or ws_id.endswith(".")):
+                problems.append(f"{where}: field 'id': {ws_id!r} cannot contain '..' or end in '.' or '.lock' "
+                                "(it becomes a git branch name)")
+            if isinstance(ws_id, str):
+                if ws_id in seen:
+                    problems.append(f"{where}: field 'id': duplicate id '{ws_id}', also defined in {seen[ws_id]}")
+                else:
+                    seen[ws_id] = name
+            merged = {**defaults, **values}
+            if "env" in defaults and "env" in values:
+                merged["env"] = {**defaults["env"], **values["env"]}
+            if "run" not in merged:
+                problems.append(f"{where}: field 'run': required; give the command to run, "
+                                "e.g. run = \"pytest -q\"")
+            if len(problems) > before:
+                continue
+            built.append(Workstream(source=name, **merged))
+    by_id = {w.id: w for w in built}
+    for ws in built:
+        for dep in ws.depends_on:
+            if dep == ws.id:
+                problems.append(f"{ws.source}: workstream '{ws.id}': field 'depends_on': "
+                                "a workstream cannot depend on itself")
+            elif dep not in by_id and dep not in seen:
+                problems.append(f"{ws.source}: workstream '{ws.id}': field 'depends_on': unknown workstream "
+                                f"'{dep}'{_did_you_mean(dep, seen) if seen else ''}")
+    for cycle in find_cycles(built):
+        first = by_id[cycle[0]]
+        problems.append(f"{first.source}: workstream '{first.id}': field 'depends_on': dependency cycle "
+                        + " -> ".join(cycle + [cycle[0]]))
+    if problems:
+        raise SpecError(problems)
+    return sorted(built, key=lambda w: w.id)
+
+
+def find_cycles(workstreams: list[Workstream]) -> list[list[str]]:
+    """Each dependency cycle once, as a list of ids in dependency order (a depends on b ...)."""
+    graph = {w.id: [d for d in w.depends_on if d != w.id] for w in workstreams}
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = finished
+    cycles: list[list[str]] = []
+    for start in sorted(graph):
+        if state.get(start):
+            continue
+        path: list[str] = []
+        stack = [(start, iter(sorted(graph[start])))]
+        state[start] = 1
+        path.append(start)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                path.pop()
+                state[node] = 2
+                continue
+            if child not in graph:
+                continue
+            if state.get(child) == 1:
+                cycles.append(path[path.index(child):])
+            elif not state.get(child):
+                state[child] = 1
+                path.append(child)
+                stack.append((child, iter(sorted(graph[child]))))
+    return cycles
+
+
+def read_document(path: Path) -> Any:
+    """Parse one TOML or JSON file; ValueError carries a user-facing message."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"invalid TOML: {exc}") from None
+
+
+def load_source(source: str | Path) -> Source:
+    """Read a directory of workstream files (or one file) and validate it all."""
+    path = Path(source)
+    if not path.exists():
+        raise SpecError([f"{source}: no such file or directory; pass the directory holding your "
+                         "workstream files (default: waves/)"])
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix in (".toml", ".json") and p.name != CONFIG_FILE)
+        config_path = path / CONFIG_FILE
+    else:
+        files = [path]
+        config_path = path.parent / CONFIG_FILE
+    problems: list[str] = []
+    docs: list[tuple[str, Any]] = []
+    for file in files:
+        try:
+            docs.append((str(file), read_document(file)))
+        except (ValueError, UnicodeDecodeError, OSError) as exc:
+            problems.append(f"{file}: {exc}")
+    config: dict[str, Any] = {}
+    if config_path.is_file():
+        try:
+            config = read_document(config_path)
+        except (ValueError, UnicodeDecodeError, OSError) as exc:
+            problems.append(f"{config_path}: {exc}")
+    if not files and not problems:
+        problems.append(f"{source}: no workstream files (*.toml, *.json) found")
+    try:
+        workstreams = parse_documents(docs, config, str(config_path))
+    except SpecError as exc:
+        problems.extend(exc.problems)
+        workstreams = []
+    if problems:
+        raise SpecError(problems)
+    defaults = config.get("defaults", {}) if isinstance(config, dict) else {}
+    return Source(str(path), workstreams, defaults, [str(f) for f in files])

@@ -1,0 +1,193 @@
+"""The SQLite state DB: the source of truth shared by orchestrator and workers.
+
+Every write is one short ``BEGIN IMMEDIATE`` transaction (a deferred one that
+reads then writes fails at once with SQLITE_BUSY under contention). Each
+process opens its own connection after fork.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import StateError
+from .schema import SCHEMA_VERSION, migrate
+
+DB_NAME = "state.db"
+BUSY_TIMEOUT_MS = 30_000
+FINAL_STATUSES = ("done", "failed", "blocked", "conflict")
+
+
+class StateStore:
+    def __init__(self, path: str | Path, *, readonly: bool = False):
+        self.path = Path(path)
+        self.readonly = readonly
+        self.db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            if self.readonly:
+                if not self.path.is_file():
+                    raise StateError(f"{self.path}: no state DB here; start a run with `agentrun run` "
+                                     "or pass --state-dir")
+                db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                                     timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+            else:
+                db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            db.row_factory = sqlite3.Row
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if self.readonly:
+                version = db.execute("SELECT COALESCE(MAX(version), 0) FROM migrations").fetchone()[0]
+                if version != SCHEMA_VERSION:
+                    raise StateError(f"{self.path}: state DB schema version {version}, this agentrun "
+                                     f"uses {SCHEMA_VERSION}; run any writing command (e.g. `agentrun run "
+                                     "--dry-run`) with a matching agentrun to upgrade it")
+            else:
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = NORMAL")
+                migrate(db)
+            return db
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path}: not a usable agentrun state DB ({exc}); move it aside "
+                             "or pass another --state-dir") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A short read transaction: a consistent view that does not pin the WAL for long."""
+        self.db.execute("BEGIN")
+        try:
+            yield self.db
+        finally:
+            self.db.execute("COMMIT")
+
+    # --- runs ------------------------------------------------------------------
+    def create_run(self, run: dict[str, Any], workstreams: Iterable[tuple]) -> None:
+        """Insert a run and its workstreams (run_id, ws_id, spec, hash, status, max_attempts, wave, est)."""
+        cols = ", ".join(run)
+        with self.write() as db:
+            db.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(run))})", tuple(run.values()))
+            db.executemany("INSERT INTO workstreams (run_id, ws_id, spec, spec_hash, status, max_attempts, "
+                           "wave, estimate) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", workstreams)
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.write() as db:
+            db.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*fields.values(), run_id))
+
+    def run(self, run_id: str) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+
+    def latest_run(self) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+
+    def runs(self, limit: int = 20) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+
+    # --- workstream transitions ------------------------------------------------
+    def set_status(self, run_id: str, ws_ids: Iterable[str], status: str, *, only_from: tuple[str, ...] = (),
+                   error: str | None = None, now: float | None = None) -> None:
+        ids = list(ws_ids)
+        if not ids:
+            return
+        guard = f" AND status IN ({', '.join('?' * len(only_from))})" if only_from else ""
+        final = status in FINAL_STATUSES
+        with self.write() as db:
+            db.executemany(
+                f"UPDATE workstreams SET status = ?, error = COALESCE(?, error), "
+                f"finished_at = CASE WHEN ? THEN ? ELSE finished_at END "
+                f"WHERE run_id = ? AND ws_id = ?{guard}",
+                [(status, error, final, now, run_id, w, *only_from) for w in ids])
+
+    def claim(self, run_id: str, ws_id: str, attempt: int, *, lane: int, external_id: str,
+              log_path: str, now: float) -> int | None:
+        """Atomically move a ready workstream to running and open its attempt row.
+
+        Returns the attempt row id, or None when it was not ready (someone else
+        has it, or it was cancelled meanwhile).
+        """
+        with self.write() as db:
+            row = db.execute("UPDATE workstreams SET status = 'running', attempt = ?, "
+                             "started_at = COALESCE(started_at, ?) "
+                             "WHERE run_id = ? AND ws_id = ? AND status = 'ready' RETURNING ws_id",
+                             (attempt, now, run_id, ws_id)).fetchone()
+            if row is None:
+                return None
+            cur = db.execute("INSERT INTO attempts (run_id, ws_id, attempt, status, lane, external_id, "
+                             "started_at, heartbeat_at, log_path) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                             (run_id, ws_id, attempt, lane, external_id, now, now, log_path))
+            return cur.lastrowid
+
+    def record_spawn(self, attempt_id: int, pid: int, pgid: int, proc_start: str | None) -> None:
+        with self.write() as db:
+            db.execute("UPDATE attempts SET pid = ?, pgid = ?, proc_start = ? WHERE id = ?",
+                       (pid, pgid, proc_start, attempt_id))
+
+    def heartbeat_attempt(self, attempt_id: int, now: float) -> None:
+        with self.write() as db:
+            db.execute("UPDATE attempts SET heartbeat_at = ? WHERE id = ?", (now, attempt_id))
+
+    def finish_attempt(self, attempt_id: int, run_id: str, ws_id: str, *, attempt_status: str,
+                       ws_status: str, now: float, exit_code: int | None = None, signal: int | None = None,
+                       error: str | None = None, retry_at: float | None = None) -> None:
+        """Close an attempt and move its workstream on, in one transaction."""
+        final = ws_status in FINAL_STATUSES
+        with self.write() as db:
+            db.execute("UPDATE attempts SET status = ?, finished_at = ?, exit_code = ?, signal = ?, error = ? "
+                       "WHERE id = ?", (attempt_status, now, exit_code, signal, error, attempt_id))
+            db.execute("UPDATE workstreams SET status = ?, error = ?, retry_at = ?, "
+                       "finished_at = CASE WHEN ? THEN ? ELSE NULL END WHERE run_id = ? AND ws_id = ?",
+                       (ws_status, error, retry_at, final, now, run_id, ws_id))
+
+    # --- queries ---------------------------------------------------------------
+    def workstreams(self, run_id: str) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM workstreams WHERE run_id = ? ORDER BY wave, ws_id",
+                               (run_id,)).fetchall()
+
+    def attempts(self, run_id: str, ws_id: str | None = None) -> list[sqlite3.Row]:
+        if ws_id is None:
+            return self.db.execute("SELECT * FROM attempts WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+        return self.db.execute("SELECT * FROM attempts WHERE run_id = ? AND ws_id = ? ORDER BY attempt",
+                               (run_id, ws_id)).fetchall()
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        rows = self.db.execute("SELECT status, COUNT(*) FROM workstreams WHERE run_id = ? GROUP BY status",
+                               (run_id,)).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def history(self, ws_ids: Iterable[str], per_workstream: int = 5) -> dict[str, list[float]]:
+        """Durations of the latest successful attempts of each workstream id, across runs."""
+        wanted = set(ws_ids)
+        out: dict[str, list[float]] = {}
+        rows = self.db.execute("SELECT ws_id, finished_at - started_at FROM attempts "
+                               "WHERE status = 'done' AND finished_at IS NOT NULL ORDER BY id DESC LIMIT 500000")
+        for ws_id, duration in rows:
+            if ws_id in wanted:
+                seen = out.setdefault(ws_id, [])
+                if len(seen) < per_workstream:
+                    seen.append(duration)
+        return out
+
+
+def json_dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def now() -> float:
+    return time.time()
