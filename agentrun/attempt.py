@@ -1,12 +1,18 @@
 """One attempt of one workstream, from claim to durable outcome.
 
 Runs inside a worker process (whatever the execution backend). It writes its
-own transitions: claim, spawn, outcome. The outcome is committed to the state
-DB before anyone is told, so a workstream is ``done`` only once that is durable.
+own transitions: claim, spawn, gates, integration, outcome. The outcome is
+committed to the state DB before anyone is told, so a workstream is ``done``
+only once that is durable.
+
+Steps: claim -> workspace (a worktree at the integration tip, or in place)
+-> setup -> baseline gates -> the work -> commit and verify (changes, scope,
+gates) -> merge queue -> outcome.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -14,7 +20,9 @@ from pathlib import Path
 
 from . import crashpoints, policy, procs
 from .events import EventLog
-from .executors import AttemptContext, ExecResult, executor_for
+from .executors import AttemptContext, ExecResult, executor_for, run_command
+from .integration import (GateRunner, GitRun, Workspace, commit_message, free_port, integrate, make_tmpdir,
+                          prepare_workspace, rescue_and_remove, rescue_ref, verify)
 from .layout import Layout
 from .spec import Workstream
 from .state import StateStore
@@ -32,7 +40,7 @@ class Job:
 class Completion:
     ws_id: str
     attempt: int
-    status: str                 # workstream status now: done, retrying, failed, interrupted, lost, skipped
+    status: str                 # workstream status now: done, retrying, failed, conflict, interrupted, lost, skipped
     retry_at: float | None = None
     error: str | None = None
 
@@ -47,9 +55,14 @@ class RunContext:
     workstreams: dict[str, Workstream]
     max_attempts: dict[str, int]
     base_env: dict[str, str]
+    git: GitRun | None = None
+
+    def isolated(self, ws: Workstream) -> bool:
+        return self.git is not None and ws.isolation != "none"
 
 
-def attempt_env(ctx: RunContext, ws: Workstream, attempt: int, workdir: Path) -> dict[str, str]:
+def attempt_env(ctx: RunContext, ws: Workstream, attempt: int, workdir: Path,
+                conflict_files: list[str]) -> dict[str, str]:
     env = dict(ctx.base_env)
     env.update(ws.env)
     env.update({
@@ -58,8 +71,125 @@ def attempt_env(ctx: RunContext, ws: Workstream, attempt: int, workdir: Path) ->
         "AGENTRUN_ATTEMPT": str(attempt),
         "AGENTRUN_RUN_DIR": str(ctx.layout.run_dir(ctx.run_id)),
         "AGENTRUN_WORKDIR": str(workdir),
+        "AGENTRUN_WORKTREE": str(workdir) if ctx.isolated(ws) else "",
+        "AGENTRUN_PORT": str(free_port()),
+        "TMPDIR": make_tmpdir(ctx.layout.tmp_dir(ctx.run_id, ws.id) / str(attempt)),
     })
+    if conflict_files:
+        env["AGENTRUN_CONFLICT_FILES"] = "\n".join(conflict_files)
     return env
+
+
+class Attempt:
+    """The steps of one claimed attempt; ``run`` returns the ExecResult that decides its outcome."""
+
+    def __init__(self, job: Job, ctx: RunContext, store: StateStore, events: EventLog, attempt_id: int,
+                 row, log_fd: int, cancel_fd: int | None):
+        self.job, self.ctx, self.store, self.events = job, ctx, store, events
+        self.row = row
+        self.ws = ctx.workstreams[job.ws_id]
+        self.attempt_id = attempt_id
+        self.log_fd = log_fd
+        self.cancel_fd = cancel_fd
+        self.wsp: Workspace | None = None
+        self.integrated = False
+
+    def log(self, text: str) -> None:
+        os.write(self.log_fd, f"[agentrun] {text}\n".encode())
+
+    def _record_gate(self, phase, gate, status, exit_code, started, finished) -> None:
+        self.store.record_gate(self.ctx.run_id, self.ws.id, self.job.attempt, phase, gate, status, exit_code,
+                               started, finished)
+        kind = "gate_passed" if status in ("passed", "pre-existing") else "gate_failed"
+        self.events.emit(kind, self.ws.id, self.job.attempt, gate=gate, phase=phase, status=status)
+
+    def _on_spawn(self, pid: int, pgid: int) -> None:
+        self.store.record_spawn(self.attempt_id, pid, pgid, procs.proc_start_time(pid))
+        crashpoints.hit("after-spawn")
+
+    def run(self) -> ExecResult:
+        ctx, ws, job = self.ctx, self.ws, self.job
+        conflict_files = json.loads(self.row["conflict_files"]) if self.row["conflict_files"] else []
+        if ctx.isolated(ws):
+            try:
+                self.wsp = prepare_workspace(ctx.git, ctx.layout.worktrees_dir(ctx.run_id), ctx.run_id, ws,
+                                             job.attempt, self.log)
+            except Exception as exc:  # a git failure fails this attempt, not the run
+                return ExecResult("failed", error=f"cannot create worktree: {exc}")
+            self.store.update_workstream(ctx.run_id, ws.id, worktree=str(self.wsp.path), branch=self.wsp.branch,
+                                         base_commit=self.wsp.base)
+            self.log(f"worktree {self.wsp.path} on {self.wsp.branch} at {self.wsp.base[:12]}")
+        else:
+            self.wsp = Workspace(ctx.root, False)
+        workdir = self.wsp.path / ws.cwd if ws.cwd else self.wsp.path
+        if not workdir.is_dir():
+            return ExecResult("failed", error=f"cwd {ws.cwd!r} does not exist in {self.wsp.path}")
+        actx = AttemptContext(
+            workdir=str(workdir), env=attempt_env(ctx, ws, job.attempt, self.wsp.path, conflict_files),
+            log_fd=self.log_fd, timeout=ws.timeout, cancel_fd=self.cancel_fd, on_spawn=self._on_spawn,
+            on_heartbeat=lambda: self.store.heartbeat_attempt(self.attempt_id, time.time()),
+            heartbeat=ATTEMPT_HEARTBEAT_SECONDS)
+
+        for command in ws.setup:
+            self.log(f"setup: {command.display()}")
+            result = run_command(command, actx, timeout=ws.timeout)
+            if result.status != "ok":
+                result.error = f"setup failed: {command.display()} ({result.error})"
+                return result
+
+        gates = GateRunner(ws, job.attempt, actx, self._record_gate, self.log)
+        preexisting: set[str] = set()
+        if ws.baseline_gates and ws.gates:
+            for name, result in gates.run("baseline", workdir).items():
+                if result.status == "cancelled":
+                    return result
+                if result.status != "ok":
+                    preexisting.add(name)
+                    self._record_gate("baseline", name, "pre-existing", result.exit_code, time.time(), time.time())
+                    self.log(f"gate already fails on the base commit, reported as pre-existing: {name}")
+
+        self.log(f"work: {ws.run.display()}")
+        result = executor_for(ws).execute(ws, actx)
+        if result.status != "ok":
+            return result
+
+        failure = verify(ws, self.wsp, gates, workdir, commit_message(ctx.run_id, ws, job.attempt), preexisting)
+        if failure is not None:
+            return failure
+        if not self.wsp.isolated:
+            return result
+        self.store.update_workstream(ctx.run_id, ws.id, result_commit=self.wsp.commit,
+                                     changed_files=json.dumps(self.wsp.changed))
+        outcome = integrate(ctx.git, ctx.run_id, ws, self.wsp, gates, workdir, preexisting,
+                            self._on_integrated, self.log)
+        if outcome.status == "integrated":
+            self.integrated = True
+            return result
+        if outcome.status == "conflict":
+            others = self.store.integrated_touching(ctx.run_id, outcome.conflict_files)
+            self.store.update_workstream(ctx.run_id, ws.id, conflict_files=json.dumps(outcome.conflict_files),
+                                         conflict_with=json.dumps(others))
+            self.events.emit("ws_conflict", ws.id, job.attempt, files=outcome.conflict_files, conflict_with=others)
+            detail = f" (already integrated there: {', '.join(others)})" if others else ""
+            return ExecResult("conflict", error=f"{outcome.error}{detail}")
+        return ExecResult(outcome.status, error=outcome.error)
+
+    def _on_integrated(self, commit: str) -> int:
+        seq = self.store.mark_integrated(self.ctx.run_id, self.ws.id, commit, self.wsp.changed)
+        self.events.emit("ws_integrated", self.ws.id, self.job.attempt, commit=commit, seq=seq,
+                         files=len(self.wsp.changed))
+        self.log(f"integrated as {commit[:12]} (#{seq} on {self.ctx.git.integration_branch})")
+        return seq
+
+    def cleanup(self) -> None:
+        """Integrated worktrees go; others stay for inspection (listed at the end of the run)."""
+        if self.wsp is None or not self.wsp.isolated or not self.integrated:
+            return
+        saved = rescue_and_remove(self.ctx.git.repo, self.wsp.path,
+                                  rescue_ref(self.ctx.run_id, self.ws.id, self.job.attempt))
+        if saved:
+            self.log(f"uncommitted leftovers saved as {rescue_ref(self.ctx.run_id, self.ws.id, self.job.attempt)}")
+        self.store.update_workstream(self.ctx.run_id, self.ws.id, worktree=None)
 
 
 def run_attempt(job: Job, ctx: RunContext, store: StateStore, events: EventLog, *, lane: int,
@@ -72,28 +202,21 @@ def run_attempt(job: Job, ctx: RunContext, store: StateStore, events: EventLog, 
         return Completion(ws.id, job.attempt, "skipped", error="not ready when claimed")
     crashpoints.hit("after-claim")
     events.emit("ws_started", ws.id, job.attempt, lane=lane, worker=external_id)
-
-    workdir = ctx.root / ws.cwd if ws.cwd else ctx.root
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        def on_spawn(pid: int, pgid: int) -> None:
-            store.record_spawn(attempt_id, pid, pgid, procs.proc_start_time(pid))
-            crashpoints.hit("after-spawn")
-
-        actx = AttemptContext(
-            workdir=str(workdir), env=attempt_env(ctx, ws, job.attempt, workdir), log_fd=log_fd,
-            timeout=ws.timeout, cancel_fd=cancel_fd, on_spawn=on_spawn,
-            on_heartbeat=lambda: store.heartbeat_attempt(attempt_id, time.time()),
-            heartbeat=ATTEMPT_HEARTBEAT_SECONDS)
-        if not workdir.is_dir():
-            result = ExecResult("failed", error=f"cwd {ws.cwd!r} does not exist in {ctx.root}")
+        row = store.workstream(ctx.run_id, ws.id)
+        attempt = Attempt(job, ctx, store, events, attempt_id, row, log_fd, cancel_fd)
+        if row["integrated_commit"]:
+            # Integrated before a crash but not recorded done: never run or merge it twice.
+            attempt.log("already integrated by an earlier attempt; recording it as done")
+            result = ExecResult("ok", 0)
         else:
-            result = executor_for(ws).execute(ws, actx)
+            result = attempt.run()
+            attempt.cleanup()
         if result.error and result.status != "ok":
-            os.write(log_fd, f"\n[agentrun] {result.error}\n".encode())
+            attempt.log(result.error)
     finally:
         os.close(log_fd)
-
     crashpoints.hit("before-done")
     return record_outcome(job, ctx, store, events, attempt_id, result)
 
@@ -101,7 +224,12 @@ def run_attempt(job: Job, ctx: RunContext, store: StateStore, events: EventLog, 
 def record_outcome(job: Job, ctx: RunContext, store: StateStore, events: EventLog, attempt_id: int,
                    result: ExecResult) -> Completion:
     ws = ctx.workstreams[job.ws_id]
-    decision = policy.after_attempt(result.status, job.attempt, ctx.max_attempts[ws.id], ws.retry_backoff)
+    conflict_retry = False
+    if result.status == "conflict" and ws.on_conflict == "retry":
+        earlier = [a for a in store.attempts(ctx.run_id, ws.id) if a["status"] == "conflict"]
+        conflict_retry = not earlier
+    decision = policy.after_attempt(result.status, job.attempt, ctx.max_attempts[ws.id], ws.retry_backoff,
+                                    conflict_retry=conflict_retry)
     now = time.time()
     retry_at = now + decision.retry_in if decision.retry_in is not None else None
     attempt_status = {"ok": "done", "cancelled": "cancelled"}.get(result.status, result.status)
@@ -109,7 +237,7 @@ def record_outcome(job: Job, ctx: RunContext, store: StateStore, events: EventLo
                          ws_status=decision.ws_status, now=now, exit_code=result.exit_code,
                          signal=result.signal, error=result.error, retry_at=retry_at)
     crashpoints.hit("after-done")
-    event = {"done": "ws_done", "retrying": "ws_retrying", "failed": "ws_failed",
+    event = {"done": "ws_done", "retrying": "ws_retrying", "failed": "ws_failed", "conflict": "ws_failed",
              "interrupted": "ws_interrupted"}[decision.ws_status]
     extra = {"error": result.error} if result.error else {}
     if retry_at is not None:

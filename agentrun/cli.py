@@ -9,12 +9,14 @@ from pathlib import Path
 
 import click
 
-from . import render, runner, status
+from . import cleanup, render, runner, status
 from .durations import format_duration
-from .errors import EXIT_USAGE, AgentrunError
+from .errors import EXIT_FAILED, AgentrunError, GitError, UsageError
+from .integration import fast_forward
 from .layout import layout_for, project_root
 from .progress import display_for
 from .scheduler import SCHEDULES
+from .state import StateStore
 
 state_dir_option = click.option("--state-dir", type=click.Path(file_okay=False),
                                 help="State directory (default: .agentrun/ in the project root).")
@@ -71,40 +73,69 @@ def plan(source, max_workers, fmt, ws_ids, with_deps, state_dir) -> None:
               help="eager: start work as soon as its dependencies are done; waves: barrier after each wave.")
 @click.option("--fail-fast", is_flag=True, help="Stop everything at the first final failure.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and run nothing.")
+@click.option("--into", metavar="BRANCH", help="At the end, fast-forward BRANCH to the integration branch "
+              "if every workstream is done.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output, only the final summary.")
 @state_dir_option
 @handle_errors
-def run(source, parallel, max_workers, ws_ids, with_deps, schedule, fail_fast, dry_run, quiet, state_dir) -> None:
+def run(source, parallel, max_workers, ws_ids, with_deps, schedule, fail_fast, dry_run, into, quiet,
+        state_dir) -> None:
     """Run the workstreams in SOURCE (default: waves/)."""
     opts = runner.RunOptions(source=source, max_workers=_workers(parallel, max_workers), schedule=schedule,
-                             fail_fast=fail_fast, ws_ids=ws_ids, with_deps=with_deps, state_dir=state_dir)
+                             fail_fast=fail_fast, ws_ids=ws_ids, with_deps=with_deps, state_dir=state_dir,
+                             into=into)
     prep = runner.prepare(opts)
     if dry_run:
         click.echo(render.render_plan(prep.plan, opts.max_workers, "text", title=source))
         click.echo("dry run: nothing was run or written")
         return
+    for note in prep.notes:
+        click.echo(f"note: {note}", err=True)
     store, run_id = runner.create_run(prep)
     display = display_for(sys.stdout, prep.layout.events_path(run_id), quiet)
     orch = runner.Orchestrator(store, prep.layout, run_id, prep.plan, prep.root, opts, display=display)
     result = orch.run()
     orch.store.close()
-    _summary(result, prep)
-    sys.exit(result.exit_code)
+    code = _summary(result, prep)
+    sys.exit(code)
 
 
-def _summary(result: runner.RunResult, prep: runner.Prepared) -> None:
+def _summary(result: runner.RunResult, prep: runner.Prepared) -> int:
+    """Print the end-of-run summary; returns the exit code."""
+    code = result.exit_code
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
     click.echo(f"\nrun {result.run_id} {result.status} in {format_duration(result.elapsed)}: {counts}")
     store = status.open_readonly(prep.layout)
     try:
-        failed = [r for r in store.workstreams(result.run_id) if r["status"] in ("failed", "conflict")]
-        for r in failed:
-            attempts = store.attempts(result.run_id, r["ws_id"])
-            where = attempts[-1]["log_path"] if attempts else "-"
-            click.echo(f"  {r['status']}: {r['ws_id']}: {r['error'] or ''}  log: {where}")
+        run_row = store.run(result.run_id)
+        rows = store.workstreams(result.run_id)
+        for r in rows:
+            if r["status"] in ("failed", "conflict"):
+                attempts = store.attempts(result.run_id, r["ws_id"])
+                where = attempts[-1]["log_path"] if attempts else "-"
+                click.echo(f"  {r['status']}: {r['ws_id']}: {r['error'] or ''}  log: {where}")
+        kept = [r for r in rows if r["worktree"] and Path(r["worktree"]).exists()]
+        if kept:
+            click.echo("worktrees kept for inspection (remove with `agentrun clean`):")
+            for r in kept:
+                click.echo(f"  {r['ws_id']}: {r['worktree']}")
     finally:
         store.close()
+    if run_row["integration_branch"]:
+        merged = sum(1 for r in rows if r["integrated_commit"])
+        click.echo(f"integration branch: {run_row['integration_branch']} ({merged} results merged)")
+        if prep.options.into:
+            if result.status == "done":
+                try:
+                    click.echo(fast_forward(prep.root, prep.options.into, run_row["integration_branch"]))
+                except GitError as exc:
+                    click.echo(f"error: {exc}", err=True)
+                    code = EXIT_FAILED
+            else:
+                click.echo(f"not updating {prep.options.into}: the run is {result.status}; the integration "
+                           "branch holds the verified results")
     click.echo(f"details: agentrun status {result.run_id}    logs: agentrun logs {result.run_id} WS_ID")
+    return code
 
 
 @cli.command("status")
@@ -137,6 +168,31 @@ def logs(run_id, ws_id, attempt, state_dir) -> None:
         raise click.ClickException(f"log file {path} is missing")
     with open(path, "rb") as fh:
         sys.stdout.buffer.write(fh.read())
+
+
+@cli.command()
+@click.option("--run-id", help="Clean only this run (default: every run that is not running).")
+@click.option("--all", "everything", is_flag=True, help="Also delete integration branches.")
+@state_dir_option
+@handle_errors
+def clean(run_id, everything, state_dir) -> None:
+    """Remove kept worktrees, per-workstream branches and scratch files.
+
+    Uncommitted changes in a worktree are saved to refs/agentrun/rescue/... first.
+    """
+    root = project_root()
+    layout = layout_for(state_dir, root)
+    if not layout.db_path.is_file():
+        raise UsageError(f"{layout.db_path}: no state DB here; nothing to clean")
+    store = StateStore(layout.db_path)
+    try:
+        report = cleanup.clean(store, layout, root, run_id, everything)
+    finally:
+        store.close()
+    for line in report.rescued:
+        click.echo(f"rescued {line}")
+    click.echo(f"removed {len(report.worktrees)} worktree(s), {len(report.branches)} branch(es); "
+               f"freed {report.freed_bytes / 1e6:.1f} MB")
 
 
 def main() -> None:

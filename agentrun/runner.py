@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import crashpoints, policy, procs
+from . import crashpoints, git, policy, procs
 from .attempt import Completion, Job, RunContext
 from .backends import LocalProcessBackend
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, StateError, UsageError
 from .events import EventLog
+from .integration import GitRun, integration_branch
 from .layout import Layout, layout_for, new_run_id, project_root
 from .planner import Plan, build_plan, select
 from .scheduler import SCHEDULES, Scheduler
@@ -38,6 +39,7 @@ class RunOptions:
     ws_ids: tuple[str, ...] = ()
     with_deps: bool = False
     state_dir: str | None = None
+    into: str | None = None
 
 
 @dataclass
@@ -49,6 +51,8 @@ class Prepared:
     plan: Plan
     root: Path
     layout: Layout
+    use_git: bool
+    notes: list[str]
 
 
 def prepare(options: RunOptions, cwd: Path | None = None) -> Prepared:
@@ -63,7 +67,35 @@ def prepare(options: RunOptions, cwd: Path | None = None) -> Prepared:
     root = project_root(cwd)
     layout = layout_for(options.state_dir, root)
     plan = build_plan(chosen, read_history(layout, [w.id for w in chosen]))
-    return Prepared(options, source, plan, root, layout)
+    use_git, notes = check_git(options, plan, root)
+    return Prepared(options, source, plan, root, layout, use_git, notes)
+
+
+def check_git(options: RunOptions, plan: Plan, root: Path) -> tuple[bool, list[str]]:
+    """Can this run isolate work in worktrees? Errors for settings that cannot be honoured."""
+    wants_tree = [w for w in plan.workstreams.values() if w.isolation == "worktree"]
+    if not git.is_repo(root):
+        if wants_tree:
+            ws = wants_tree[0]
+            raise UsageError(f"{ws.source}: workstream '{ws.id}': field 'isolation': \"worktree\" needs a git "
+                             f"repository and {root} is not one; use isolation = \"auto\" or \"none\"")
+        if options.into:
+            raise UsageError(f"--into: {root} is not a git repository")
+        return False, [f"{root} is not a git repository: workstreams run in place, without worktrees or merging"]
+    isolated = [w for w in plan.workstreams.values() if w.isolation != "none"]
+    if isolated and not git.has_commits(root):
+        raise UsageError(f"{root}: the git repository has no commits yet; commit once so worktrees have a "
+                         "base, or set isolation = \"none\"")
+    notes = []
+    if options.into:
+        if git.rev(root, f"refs/heads/{options.into}") is None:
+            raise UsageError(f"--into: unknown branch '{options.into}'; create it first or name an existing branch")
+        if git.current_branch(root) == options.into and git.dirty_files(root):
+            raise UsageError(f"--into: branch '{options.into}' is checked out with uncommitted changes; "
+                             "commit or stash them first")
+    if isolated and git.dirty_files(root):
+        notes.append("the working tree has uncommitted changes: workstreams start from HEAD and do not see them")
+    return bool(isolated), notes
 
 
 def read_history(layout: Layout, ws_ids: list[str]) -> dict[str, list[float]]:
@@ -90,6 +122,16 @@ def create_run(prep: Prepared) -> tuple[StateStore, str]:
         run_id = new_run_id()
     prep.layout.create_run_dirs(run_id)
     plan = prep.plan
+    git_fields = {}
+    if prep.use_git:
+        base = git.rev(prep.root, "HEAD")
+        branch = integration_branch(run_id)
+        git.run(prep.root, "branch", branch, base)
+        try:
+            git.exclude_path(prep.root, "/" + str(prep.layout.state_dir.relative_to(prep.root)) + "/")
+        except ValueError:
+            pass  # state directory outside the repository
+        git_fields = {"base_commit": base, "integration_branch": branch, "into_branch": opts.into}
     hashes = {w: ws.spec_hash() for w, ws in plan.workstreams.items()}
     run_row = {
         "id": run_id, "source": str(Path(opts.source).resolve()), "project_root": str(prep.root),
@@ -98,6 +140,7 @@ def create_run(prep: Prepared) -> tuple[StateStore, str]:
                                "with_deps": opts.with_deps}),
         "status": "running", "created_at": time.time(), "max_workers": opts.max_workers,
         "schedule": opts.schedule, "spec_hash": json_dumps(sorted(hashes.items())),
+        "notes": json_dumps(prep.notes), **git_fields,
     }
     rows = [(run_id, w, json_dumps(ws.to_json()), hashes[w], "pending", ws.retries + 1, plan.wave_of[w],
              plan.estimates[w]) for w, ws in plan.workstreams.items()]
@@ -130,7 +173,7 @@ class Orchestrator:
         self.ctx = RunContext(
             run_id=self.run_id, root=self.root, layout=self.layout, workstreams=self.plan.workstreams,
             max_attempts={w: ws.retries + 1 for w, ws in self.plan.workstreams.items()},
-            base_env=dict(os.environ))
+            base_env=dict(os.environ), git=git_run_for(self.store.run(self.run_id), self.layout))
         self.attempts: dict[str, int] = {}
         self.started: dict[str, float] = {}
         self.retry_heap: list[tuple[float, str]] = []
@@ -317,6 +360,15 @@ class Orchestrator:
             work += max(0.0, self.plan.estimates[w] - spent)
         longest = max(self.plan.rank[w] - (now - self.started.get(w, now)) for w in pending)
         return max(work / self.options.max_workers, longest, 0.0)
+
+
+def git_run_for(run_row, layout: Layout) -> GitRun | None:
+    if not run_row["integration_branch"]:
+        return None
+    locks = layout.state_dir / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return GitRun(Path(run_row["project_root"]), run_row["base_commit"], run_row["integration_branch"],
+                  locks / f"{run_row['id']}.integration.lock")
 
 
 def _drain(fd: int) -> None:

@@ -74,8 +74,33 @@ def m001_initial(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX workstreams_run_status ON workstreams (run_id, status)")
 
 
+def m002_integration(db: sqlite3.Connection) -> None:
+    """Worktrees, gates and the merge queue."""
+    for column in ("worktree TEXT", "branch TEXT", "base_commit TEXT", "result_commit TEXT",
+                   "integrated_commit TEXT", "integration_seq INTEGER", "changed_files TEXT",
+                   "conflict_files TEXT", "conflict_with TEXT"):
+        db.execute(f"ALTER TABLE workstreams ADD COLUMN {column}")
+    db.execute("ALTER TABLE runs ADD COLUMN into_branch TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN notes TEXT")
+    db.execute("""
+        CREATE TABLE gate_results (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL,
+            ws_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            phase TEXT NOT NULL,                -- baseline, verify, after_merge
+            gate TEXT NOT NULL,
+            status TEXT NOT NULL,               -- passed, failed, pre-existing, timeout
+            exit_code INTEGER,
+            started_at REAL NOT NULL,
+            finished_at REAL NOT NULL
+        )""")
+    db.execute("CREATE INDEX gate_results_run ON gate_results (run_id, ws_id)")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
+    m002_integration,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -155,6 +155,45 @@ class StateStore:
                        "finished_at = CASE WHEN ? THEN ? ELSE NULL END WHERE run_id = ? AND ws_id = ?",
                        (ws_status, error, retry_at, final, now, run_id, ws_id))
 
+    def update_workstream(self, run_id: str, ws_id: str, **fields: Any) -> None:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.write() as db:
+            db.execute(f"UPDATE workstreams SET {sets} WHERE run_id = ? AND ws_id = ?",
+                       (*fields.values(), run_id, ws_id))
+
+    def record_gate(self, run_id: str, ws_id: str, attempt: int, phase: str, gate: str, status: str,
+                    exit_code: int | None, started: float, finished: float) -> None:
+        with self.write() as db:
+            db.execute("INSERT INTO gate_results (run_id, ws_id, attempt, phase, gate, status, exit_code, "
+                       "started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (run_id, ws_id, attempt, phase, gate, status, exit_code, started, finished))
+
+    def mark_integrated(self, run_id: str, ws_id: str, commit: str, changed: list[str]) -> int:
+        """Record an integration; returns its position in the run's merge order (1-based)."""
+        with self.write() as db:
+            seq = db.execute("SELECT COALESCE(MAX(integration_seq), 0) + 1 FROM workstreams WHERE run_id = ?",
+                             (run_id,)).fetchone()[0]
+            db.execute("UPDATE workstreams SET integrated_commit = ?, integration_seq = ?, changed_files = ? "
+                       "WHERE run_id = ? AND ws_id = ?", (commit, seq, json.dumps(changed), run_id, ws_id))
+        return seq
+
+    def integrated_touching(self, run_id: str, files: list[str]) -> list[str]:
+        """Workstreams of this run already integrated that changed any of ``files``."""
+        wanted = set(files)
+        rows = self.db.execute("SELECT ws_id, changed_files FROM workstreams WHERE run_id = ? AND "
+                               "integrated_commit IS NOT NULL ORDER BY integration_seq", (run_id,)).fetchall()
+        return [r["ws_id"] for r in rows if wanted & set(json.loads(r["changed_files"] or "[]"))]
+
+    def gate_results(self, run_id: str, ws_id: str | None = None) -> list[sqlite3.Row]:
+        if ws_id is None:
+            return self.db.execute("SELECT * FROM gate_results WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+        return self.db.execute("SELECT * FROM gate_results WHERE run_id = ? AND ws_id = ? ORDER BY id",
+                               (run_id, ws_id)).fetchall()
+
+    def workstream(self, run_id: str, ws_id: str) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM workstreams WHERE run_id = ? AND ws_id = ?",
+                               (run_id, ws_id)).fetchone()
+
     # --- queries ---------------------------------------------------------------
     def workstreams(self, run_id: str) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM workstreams WHERE run_id = ? ORDER BY wave, ws_id",

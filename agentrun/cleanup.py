@@ -1,0 +1,78 @@
+"""``agentrun clean``: remove kept worktrees, per-workstream branches and scratch files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import git, procs
+from .errors import UsageError
+from .integration import rescue_and_remove, rescue_ref
+from .layout import Layout
+from .state import StateStore
+
+
+@dataclass
+class CleanReport:
+    worktrees: list[str] = field(default_factory=list)
+    rescued: list[str] = field(default_factory=list)
+    branches: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+
+
+def disk_usage(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def run_is_live(run) -> bool:
+    return run["status"] == "running" and procs.is_alive(run["orchestrator_pid"], run["orchestrator_start"])
+
+
+def clean(store: StateStore, layout: Layout, root: Path, run_id: str | None, everything: bool) -> CleanReport:
+    if run_id:
+        run = store.run(run_id)
+        if run is None:
+            raise UsageError(f"unknown run id '{run_id}'")
+        runs = [run]
+    else:
+        runs = store.runs(limit=1_000_000)
+    report = CleanReport()
+    is_repo = git.is_repo(root)
+    for run in runs:
+        if run_is_live(run):
+            if run_id:
+                raise UsageError(f"run {run['id']} is still running (pid {run['orchestrator_pid']}); "
+                                 "stop it before cleaning")
+            continue
+        trees = layout.worktrees_dir(run["id"])
+        if trees.is_dir():
+            report.freed_bytes += disk_usage(trees)
+            for path in sorted(p for p in trees.iterdir() if p.is_dir()):
+                ref = rescue_ref(run["id"], path.name, "clean")
+                saved = rescue_and_remove(root, path, ref) if is_repo else shutil.rmtree(path)
+                report.worktrees.append(str(path))
+                if saved:
+                    report.rescued.append(f"{path.name}: uncommitted changes saved as {ref} ({saved[:12]})")
+            shutil.rmtree(trees, ignore_errors=True)
+        tmp = layout.run_dir(run["id"]) / "tmp"
+        if tmp.is_dir():
+            report.freed_bytes += disk_usage(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+        if is_repo:
+            for branch in git.branches(root, f"agentrun/{run['id']}/"):
+                if branch.endswith("/integration") and not everything:
+                    continue
+                git.delete_branch(root, branch)
+                report.branches.append(branch)
+        with store.write() as db:
+            db.execute("UPDATE workstreams SET worktree = NULL WHERE run_id = ?", (run["id"],))
+    return report

@@ -1,0 +1,156 @@
+"""Thin, typed wrappers over the git command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from .errors import GitError  # noqa: F401  (re-exported for callers)
+
+# agentrun's own commits must not depend on the user's identity being set, nor
+# run their hooks (a hook that edits or rejects would make verification lie).
+_IDENTITY = {"GIT_AUTHOR_NAME": "agentrun", "GIT_AUTHOR_EMAIL": "agentrun@localhost",
+             "GIT_COMMITTER_NAME": "agentrun", "GIT_COMMITTER_EMAIL": "agentrun@localhost"}
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+        env.pop(key, None)
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    env["LC_ALL"] = "C"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run(cwd: str | Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
+        input: str | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=_env(env),
+                          input=input, stdin=None if input is not None else subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise GitError(f"git {' '.join(args[:3])} failed in {cwd}: {detail[-1] if detail else proc.returncode}")
+    return proc
+
+
+def out(cwd: str | Path, *args: str) -> str:
+    return run(cwd, *args).stdout.strip()
+
+
+def is_repo(path: Path) -> bool:
+    proc = run(path, "rev-parse", "--is-inside-work-tree", check=False)
+    return proc.returncode == 0 and proc.stdout.strip() == "true"
+
+
+def has_commits(root: Path) -> bool:
+    return run(root, "rev-parse", "--verify", "-q", "HEAD", check=False).returncode == 0
+
+
+def rev(root: Path, ref: str) -> str | None:
+    proc = run(root, "rev-parse", "--verify", "-q", ref + "^{commit}", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def current_branch(root: Path) -> str | None:
+    proc = run(root, "symbolic-ref", "-q", "--short", "HEAD", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def dirty_files(root: Path) -> list[str]:
+    """Tracked files with uncommitted changes (untracked files do not count)."""
+    text = out(root, "status", "--porcelain", "--untracked-files=no")
+    return [line[3:] for line in text.splitlines() if line]
+
+
+def has_uncommitted(worktree: Path) -> bool:
+    return bool(out(worktree, "status", "--porcelain"))
+
+
+def update_ref(root: Path, ref: str, new: str, old: str | None = None) -> None:
+    """Compare-and-swap a ref: fails if it no longer points at ``old``."""
+    args = ["update-ref", ref, new] + ([old] if old else [])
+    run(root, *args)
+
+
+def commit_all(worktree: Path, message: str) -> str | None:
+    """Commit every change (tracked, untracked, deleted); None when there is nothing to commit."""
+    run(worktree, "add", "-A")
+    if run(worktree, "diff", "--cached", "--quiet", check=False).returncode == 0:
+        return None
+    run(worktree, "commit", "-q", "--no-verify", "-m", message, env=_IDENTITY)
+    return out(worktree, "rev-parse", "HEAD")
+
+
+def changed_files(root: Path, base: str, head: str) -> list[str]:
+    text = out(root, "diff", "--name-only", "--no-renames", f"{base}..{head}")
+    return [line for line in text.splitlines() if line]
+
+
+def snapshot_tree(worktree: Path, message: str) -> str | None:
+    """A commit of the worktree's current state (including untracked files), on no branch.
+
+    Uses a private index so the worktree's own index and files stay as they are.
+    """
+    if not has_uncommitted(worktree):
+        return None
+    index = Path(out(worktree, "rev-parse", "--git-path", "index"))
+    if not index.is_absolute():
+        index = worktree / index
+    private = index.with_name(index.name + ".agentrun-rescue")
+    env = {"GIT_INDEX_FILE": str(private)}
+    try:
+        if index.exists():
+            private.write_bytes(index.read_bytes())
+        run(worktree, "add", "-A", env=env)
+        tree = out_env(worktree, env, "write-tree")
+        parent = rev(worktree, "HEAD")
+        args = ["commit-tree", tree, "-m", message] + (["-p", parent] if parent else [])
+        return run(worktree, *args, env={**env, **_IDENTITY}).stdout.strip()
+    finally:
+        private.unlink(missing_ok=True)
+
+
+def out_env(cwd: Path, env: dict[str, str], *args: str) -> str:
+    return run(cwd, *args, env=env).stdout.strip()
+
+
+def worktree_add(root: Path, path: Path, branch: str, start: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run(root, "worktree", "add", "-q", "-B", branch, str(path), start)
+
+
+def worktree_remove(root: Path, path: Path) -> None:
+    run(root, "worktree", "remove", "--force", str(path), check=False)
+    run(root, "worktree", "prune", check=False)
+
+
+def delete_branch(root: Path, branch: str) -> None:
+    run(root, "branch", "-D", branch, check=False)
+
+
+def branches(root: Path, pattern: str) -> list[str]:
+    text = out(root, "for-each-ref", "--format=%(refname:short)", f"refs/heads/{pattern}")
+    return [line for line in text.splitlines() if line]
+
+
+def is_ancestor(root: Path, older: str, newer: str) -> bool:
+    return run(root, "merge-base", "--is-ancestor", older, newer, check=False).returncode == 0
+
+
+def unmerged_files(worktree: Path) -> list[str]:
+    text = out(worktree, "diff", "--name-only", "--diff-filter=U")
+    return [line for line in text.splitlines() if line]
+
+
+def exclude_path(root: Path, pattern: str) -> None:
+    """Add ``pattern`` to .git/info/exclude (never to a tracked .gitignore)."""
+    exclude = Path(out(root, "rev-parse", "--git-path", "info/exclude"))
+    if not exclude.is_absolute():
+        exclude = root / exclude
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    existing = exclude.read_text().splitlines() if exclude.exists() else []
+    if pattern not in existing:
+        with open(exclude, "a") as fh:
+            fh.write(("\n" if existing and existing[-1] else "") + pattern + "\n")

@@ -1,0 +1,259 @@
+"""Isolation and integration: a worktree per attempt, verification, the merge queue.
+
+Everything here runs inside a worker, for one attempt. The merge queue is a
+file lock per run: results are integrated one at a time, in the order their
+workers reach the lock, and the integration branch only ever moves by a
+compare-and-swap of its ref.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from filelock import FileLock
+
+from . import crashpoints, git
+from .executors import AttemptContext, ExecResult, run_command
+from .spec import Command, Workstream
+
+TRAILER = "Agentrun-Workstream"
+
+
+@dataclass(frozen=True)
+class GitRun:
+    """Per-run git settings, fixed when the run is created."""
+
+    repo: Path
+    base_commit: str
+    integration_branch: str
+    lock_path: Path
+
+    @property
+    def integration_ref(self) -> str:
+        return f"refs/heads/{self.integration_branch}"
+
+
+def integration_branch(run_id: str) -> str:
+    return f"agentrun/{run_id}/integration"
+
+
+def ws_branch(run_id: str, ws_id: str) -> str:
+    return f"agentrun/{run_id}/{ws_id}"
+
+
+def rescue_ref(run_id: str, ws_id: str, attempt: int | str) -> str:
+    return f"refs/agentrun/rescue/{run_id}/{ws_id}/{attempt}"
+
+
+@dataclass
+class Workspace:
+    path: Path
+    isolated: bool
+    branch: str | None = None
+    base: str | None = None
+    commit: str | None = None
+    changed: list[str] = field(default_factory=list)
+
+
+def rescue_and_remove(repo: Path, path: Path, ref: str) -> str | None:
+    """Remove a worktree; if it holds uncommitted work, first save it under ``ref``. Returns the rescue sha."""
+    sha = None
+    if path.exists():
+        try:
+            sha = git.snapshot_tree(path, f"agentrun rescue of {path}")
+        except Exception:
+            sha = None
+            if (path / ".git").exists():
+                raise
+        if sha:
+            git.update_ref(repo, ref, sha)
+    git.worktree_remove(repo, path)
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+    return sha
+
+
+def prepare_workspace(gr: GitRun, worktrees_dir: Path, run_id: str, ws: Workstream, attempt: int,
+                      log) -> Workspace:
+    """A fresh worktree at the integration tip, on the workstream's branch."""
+    path = worktrees_dir / ws.id
+    if path.exists():
+        saved = rescue_and_remove(gr.repo, path, rescue_ref(run_id, ws.id, f"{attempt - 1}-left"))
+        if saved:
+            log(f"previous worktree had uncommitted changes; saved as {rescue_ref(run_id, ws.id, f'{attempt - 1}-left')}")
+    base = git.rev(gr.repo, gr.integration_ref)
+    if base is None:
+        raise RuntimeError(f"integration branch {gr.integration_branch} is missing")
+    branch = ws_branch(run_id, ws.id)
+    git.worktree_add(gr.repo, path, branch, base)
+    for pattern in ws.copy_untracked:
+        for src in sorted(gr.repo.glob(pattern)):
+            if src.is_file():
+                rel = src.relative_to(gr.repo)
+                dest = path / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest)
+                log(f"copied untracked {rel}")
+    return Workspace(path, True, branch, base)
+
+
+def in_scope(path: str, patterns: tuple[str, ...]) -> bool:
+    for pattern in patterns:
+        p = pattern.rstrip("/")
+        if fnmatchcase(path, p) or path.startswith(p + "/"):
+            return True
+    return False
+
+
+@dataclass
+class GateRunner:
+    """Runs a workstream's gates and records each result (DB and event log)."""
+
+    ws: Workstream
+    attempt: int
+    actx: AttemptContext
+    record: object          # callable(phase, gate, status, exit_code, started, finished)
+    log: object             # callable(str)
+
+    def run(self, phase: str, workdir: Path, gates: tuple[Command, ...] | None = None) -> dict[str, ExecResult]:
+        results: dict[str, ExecResult] = {}
+        for gate in gates if gates is not None else self.ws.gates:
+            name = gate.display()
+            self.log(f"gate ({phase}): {name}")
+            started = time.time()
+            ctx = AttemptContext(workdir=str(workdir), env=self.actx.env, log_fd=self.actx.log_fd,
+                                 timeout=self.ws.timeout, cancel_fd=self.actx.cancel_fd,
+                                 heartbeat=self.actx.heartbeat, on_heartbeat=self.actx.on_heartbeat)
+            result = run_command(gate, ctx, timeout=self.ws.timeout)
+            results[name] = result
+            status = "passed" if result.status == "ok" else result.status
+            self.record(phase, name, status, result.exit_code, started, time.time())
+            self.log(f"gate ({phase}) {status}: {name}")
+            if result.status == "cancelled":
+                break
+        return results
+
+
+def verify(ws: Workstream, wsp: Workspace, gates: GateRunner, workdir: Path, message: str,
+           preexisting: set[str]) -> ExecResult | None:
+    """Commit the attempt's work and check it. None when verified, else the failure."""
+    if wsp.isolated:
+        wsp.commit = git.commit_all(wsp.path, message) or wsp.base
+        wsp.changed = git.changed_files(wsp.path, wsp.base, wsp.commit) if wsp.commit != wsp.base else []
+        if ws.changes_expected and not wsp.changed:
+            return ExecResult("failed", error="no changes: the command exited 0 but changed no file "
+                                              "(set expect_changes = false for read-only work)")
+        outside = [f for f in wsp.changed if ws.files and not in_scope(f, ws.files)]
+        if outside and ws.scope != "off":
+            note = f"changed files outside `files`: {', '.join(outside[:10])}"
+            if ws.scope == "fail":
+                return ExecResult("failed", error=f"scope: {note}")
+            gates.log(f"warning: scope: {note}")
+    results = gates.run("verify", workdir)
+    for name, result in results.items():
+        if result.status == "cancelled":
+            return result
+        if result.status != "ok" and name not in preexisting:
+            return ExecResult("failed", result.exit_code, result.signal, f"gate failed: {name} ({result.error})")
+    return None
+
+
+@dataclass
+class Integrated:
+    status: str                 # "integrated", "conflict", "failed", "cancelled"
+    commit: str | None = None
+    seq: int | None = None
+    conflict_files: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def integrate(gr: GitRun, run_id: str, ws: Workstream, wsp: Workspace, gates: GateRunner, workdir: Path,
+              preexisting: set[str], on_integrated, log) -> Integrated:
+    """The merge queue: bring the result onto the integration tip, re-gate if asked, advance.
+
+    ``on_integrated(commit) -> seq`` records the integration durably while the
+    lock is still held, so the recorded order is the order on the branch.
+    """
+    with FileLock(str(gr.lock_path)):
+        tip = git.rev(gr.repo, gr.integration_ref)
+        done = already_integrated(gr, run_id, ws.id, tip)
+        if done:
+            log(f"already on the integration branch as {done[:12]}")
+            return Integrated("integrated", done, on_integrated(done))
+        if wsp.commit == wsp.base and not wsp.changed:
+            return Integrated("integrated", tip, None)  # nothing to integrate (read-only work)
+        if not git.is_ancestor(wsp.path, tip, "HEAD"):
+            if ws.merge == "rebase":
+                proc = git.run(wsp.path, "rebase", "-q", tip, check=False, env=git._IDENTITY)
+                abort = ("rebase", "--abort")
+            else:
+                proc = git.run(wsp.path, "merge", "-q", "--no-ff", "--no-edit", tip, check=False,
+                               env=git._IDENTITY)
+                abort = ("merge", "--abort")
+            if proc.returncode != 0:
+                files = git.unmerged_files(wsp.path)
+                git.run(wsp.path, *abort, check=False)
+                log(f"conflict integrating onto {tip[:12]}: {', '.join(files) or proc.stderr.strip()}")
+                return Integrated("conflict", conflict_files=files,
+                                  error=f"conflict in {', '.join(files) or 'the tree'}")
+            if ws.gate_after_merge and ws.gates:
+                results = gates.run("after_merge", workdir)
+                bad = [n for n, r in results.items() if r.status != "ok" and n not in preexisting]
+                if any(r.status == "cancelled" for r in results.values()):
+                    return Integrated("cancelled", error="stopped: run interrupted")
+                if bad:
+                    return Integrated("failed", error=f"gate failed after merge: {bad[0]}")
+        new = git.out(wsp.path, "rev-parse", "HEAD")
+        crashpoints.hit("during-integration")
+        git.update_ref(gr.repo, gr.integration_ref, new, tip)
+        return Integrated("integrated", new, on_integrated(new))
+
+
+def already_integrated(gr: GitRun, run_id: str, ws_id: str, tip: str) -> str | None:
+    """The integration-branch commit carrying this workstream's trailer, if any (exactly-once)."""
+    line = f"{TRAILER}: {run_id}/{ws_id}".replace(".", "\\.")
+    text = git.out(gr.repo, "log", "--format=%H", f"--grep=^{line}$", f"{gr.base_commit}..{tip}")
+    return text.splitlines()[0] if text else None
+
+
+def commit_message(run_id: str, ws: Workstream, attempt: int) -> str:
+    title = ws.title or ws.id
+    return f"agentrun: {ws.id}: {title}\n\nRun {run_id}, attempt {attempt}.\n\n{TRAILER}: {run_id}/{ws.id}\n"
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_tmpdir(path: Path) -> str:
+    os.makedirs(path, exist_ok=True)
+    return str(path)
+
+
+def fast_forward(repo: Path, branch: str, target: str) -> str:
+    """Move ``branch`` to ``target`` only if that is a fast-forward; returns what happened."""
+    old = git.rev(repo, f"refs/heads/{branch}")
+    if old is None:
+        raise git.GitError(f"--into: branch '{branch}' no longer exists")
+    new = git.rev(repo, target)
+    if old == new:
+        return f"{branch} already at {new[:12]}"
+    if not git.is_ancestor(repo, old, new):
+        raise git.GitError(f"--into: cannot fast-forward '{branch}' to {target}: '{branch}' has moved since the "
+                           f"run started; merge {target} yourself")
+    if git.current_branch(repo) == branch:
+        if git.dirty_files(repo):
+            raise git.GitError(f"--into: '{branch}' is checked out with uncommitted changes; not touching it. "
+                               f"Run `git merge --ff-only {target}` when it is clean")
+        git.run(repo, "merge", "-q", "--ff-only", new)
+    else:
+        git.update_ref(repo, f"refs/heads/{branch}", new, old)
+    return f"fast-forwarded {branch} {old[:12]}..{new[:12]}"
