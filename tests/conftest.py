@@ -1,0 +1,88 @@
+"""Shared fixtures: real workstream directories, real runs of the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def write_ws(directory: Path, ws_id: str, **fields) -> Path:
+    """One workstream file, id from the file name."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{ws_id}.toml"
+    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in fields.items()))
+    return path
+
+
+def agentrun(*args, cwd: Path, env: dict | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "agentrun", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+
+
+class StateDB:
+    """Read-only look into a run's state DB, for assertions."""
+
+    def __init__(self, path: Path):
+        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        self.db.row_factory = sqlite3.Row
+
+    def latest_run(self):
+        return self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+
+    def workstreams(self, run_id: str) -> dict:
+        rows = self.db.execute("SELECT * FROM workstreams WHERE run_id = ?", (run_id,)).fetchall()
+        return {r["ws_id"]: r for r in rows}
+
+    def attempts(self, run_id: str) -> list:
+        return self.db.execute("SELECT * FROM attempts WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+
+    def close(self):
+        self.db.close()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A scratch project directory (not a git repository) with a workstream dir `w/`."""
+    root = tmp_path / "proj"
+    (root / "w").mkdir(parents=True)
+    return root
+
+
+def state(project: Path) -> StateDB:
+    return StateDB(project / ".agentrun" / "state.db")
+
+
+def events(project: Path, run_id: str) -> list[dict]:
+    path = project / ".agentrun" / "runs" / run_id / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

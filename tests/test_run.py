@@ -1,0 +1,310 @@
+"""Real runs of the real CLI in scratch directories: the runner's promises."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import agentrun, events, pid_alive, state, write_ws
+
+
+def _max_overlap(attempts) -> int:
+    points = []
+    for a in attempts:
+        points.append((a["started_at"], 1))
+        points.append((a["finished_at"], -1))
+    running = peak = 0
+    for _, delta in sorted(points, key=lambda p: (p[0], p[1])):
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def test_parallelism_reaches_max_workers_and_never_exceeds_it(project):
+    barrier = project / "barrier"
+    barrier.mkdir()
+    # Each command waits until three workstreams have arrived: with fewer than
+    # three running at once the first ones would wait until their timeout.
+    wait = (f"touch {barrier}/$AGENTRUN_WS_ID; n=0; "
+            f"while [ $(ls {barrier} | wc -l) -lt 3 ] && [ $n -lt 2000 ]; do sleep 0.01; n=$((n+1)); done; "
+            f"[ $(ls {barrier} | wc -l) -ge 3 ]")
+    for i in range(7):
+        write_ws(project / "w", f"t{i}", run=wait, timeout="30s")
+    proc = agentrun("run", "w", "--parallel", "--max-workers", 3, cwd=project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    db = state(project)
+    run = db.latest_run()
+    assert all(r["status"] == "done" for r in db.workstreams(run["id"]).values())
+    attempts = db.attempts(run["id"])
+    assert len(attempts) == 7
+    assert _max_overlap(attempts) == 3
+
+
+def test_without_parallel_one_runs_at_a_time(project):
+    for i in range(4):
+        write_ws(project / "w", f"s{i}", run="true")
+    proc = agentrun("run", "w", cwd=project)
+    assert proc.returncode == 0
+    db = state(project)
+    assert _max_overlap(db.attempts(db.latest_run()["id"])) == 1
+
+
+def test_dependencies_start_only_after_they_finish(project):
+    write_ws(project / "w", "a", run="echo a > a.out")
+    write_ws(project / "w", "b", run="test -f a.out && echo b > b.out", depends_on=["a"])
+    write_ws(project / "w", "c", run="test -f a.out && echo c > c.out", depends_on=["a"])
+    write_ws(project / "w", "d", run="test -f b.out && test -f c.out", depends_on=["b", "c"])
+    proc = agentrun("run", "w", "--parallel", "--max-workers", 4, cwd=project)
+    assert proc.returncode == 0, proc.stdout
+    db = state(project)
+    by_ws = {a["ws_id"]: a for a in db.attempts(db.latest_run()["id"])}
+    for child, parents in {"b": ["a"], "c": ["a"], "d": ["b", "c"]}.items():
+        for parent in parents:
+            assert by_ws[child]["started_at"] >= by_ws[parent]["finished_at"]
+
+
+def test_timeout_kills_the_whole_process_tree(project):
+    pidfile = project / "grandchild.pid"
+    write_ws(project / "w", "slow", timeout="1s",
+             run=f"sh -c 'sleep 300 & echo $! > {pidfile}; wait' ; sleep 300")
+    proc = agentrun("run", "w", cwd=project)
+    assert proc.returncode == 1
+    db = state(project)
+    run_id = db.latest_run()["id"]
+    ws = db.workstreams(run_id)["slow"]
+    assert ws["status"] == "failed"
+    (attempt,) = db.attempts(run_id)
+    assert attempt["status"] == "timeout"
+    assert "timed out" in attempt["error"]
+    grandchild = int(pidfile.read_text())
+    assert not pid_alive(grandchild)
+    assert not pid_alive(attempt["pid"])
+
+
+def test_retry_then_success(project):
+    write_ws(project / "w", "flaky", retries=2, retry_backoff="0.1s",
+             run='echo "attempt $AGENTRUN_ATTEMPT"; [ "$AGENTRUN_ATTEMPT" -ge 2 ]')
+    proc = agentrun("run", "w", cwd=project)
+    assert proc.returncode == 0, proc.stdout
+    db = state(project)
+    run_id = db.latest_run()["id"]
+    assert [a["status"] for a in db.attempts(run_id)] == ["failed", "done"]
+    assert db.workstreams(run_id)["flaky"]["attempt"] == 2
+    kinds = [e["type"] for e in events(project, run_id) if e["ws_id"] == "flaky"]
+    assert kinds == ["ws_ready", "ws_started", "ws_retrying", "ws_ready", "ws_started", "ws_done"]
+    log2 = agentrun("logs", run_id, "flaky", cwd=project)
+    assert "attempt 2" in log2.stdout
+    log1 = agentrun("logs", run_id, "flaky", "--attempt", 1, cwd=project)
+    assert "attempt 1" in log1.stdout and "exit code 1" in log1.stdout
+
+
+def test_failure_blocks_dependents_and_nothing_else(project):
+    write_ws(project / "w", "bad", run="exit 3")
+    write_ws(project / "w", "child", run="true", depends_on=["bad"])
+    write_ws(project / "w", "grandchild", run="true", depends_on=["child"])
+    write_ws(project / "w", "other", run="true")
+    write_ws(project / "w", "after-other", run="true", depends_on=["other"])
+    proc = agentrun("run", "w", "--parallel", "--max-workers", 2, cwd=project)
+    assert proc.returncode == 1
+    db = state(project)
+    run = db.latest_run()
+    statuses = {w: r["status"] for w, r in db.workstreams(run["id"]).items()}
+    assert statuses == {"bad": "failed", "child": "blocked", "grandchild": "blocked", "other": "done",
+                        "after-other": "done"}
+    assert run["status"] == "failed"
+    assert "bad: exit code 3" in proc.stdout
+
+
+def test_fail_fast_stops_starting_new_work(project):
+    write_ws(project / "w", "a-bad", run="exit 1", priority="critical")
+    for i in range(5):
+        write_ws(project / "w", f"later{i}", run="true", priority="low")
+    proc = agentrun("run", "w", "--fail-fast", cwd=project)
+    assert proc.returncode == 1
+    db = state(project)
+    statuses = {w: r["status"] for w, r in db.workstreams(db.latest_run()["id"]).items()}
+    assert statuses["a-bad"] == "failed"
+    assert all(statuses[f"later{i}"] == "pending" for i in range(5))
+
+
+def _wait_for(predicate, timeout=30.0):
+    """Poll a condition on real state (file contents), bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+def test_sigint_stops_everything_and_leaves_no_process(project):
+    pids = project / "pids"
+    pids.mkdir()
+    for i in range(2):
+        write_ws(project / "w", f"long{i}",
+                 run=f"sh -c 'sleep 300 & echo $! > {pids}/$AGENTRUN_WS_ID.gc; wait' & "
+                     f"echo $$ > {pids}/$AGENTRUN_WS_ID.sh; wait")
+    write_ws(project / "w", "never", run="true", depends_on=["long0"])
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "--parallel", "--max-workers", "2"],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: len(list(pids.glob("*.gc"))) == 2 and all(p.read_text().strip() for p in pids.iterdir()))
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    for pidfile in pids.iterdir():
+        assert not pid_alive(int(pidfile.read_text())), pidfile.name
+    db = state(project)
+    run = db.latest_run()
+    assert run["status"] == "interrupted"
+    statuses = {w: r["status"] for w, r in db.workstreams(run["id"]).items()}
+    assert statuses == {"long0": "interrupted", "long1": "interrupted", "never": "pending"}
+    assert all(a["status"] == "cancelled" for a in db.attempts(run["id"]))
+    assert events(project, run["id"])[-1]["type"] == "run_interrupted"
+
+
+def test_eight_workers_lose_no_state_and_no_event(project):
+    for i in range(120):
+        write_ws(project / "w", f"n{i:03d}", run=["true"])
+    proc = agentrun("run", "w", "--parallel", "--max-workers", 8, cwd=project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "locked" not in proc.stdout + proc.stderr
+    db = state(project)
+    run_id = db.latest_run()["id"]
+    assert {r["status"] for r in db.workstreams(run_id).values()} == {"done"}
+    evs = events(project, run_id)
+    seqs = [e["seq"] for e in evs]
+    assert seqs == list(range(1, len(evs) + 1))
+    for kind in ("ws_ready", "ws_started", "ws_done"):
+        assert sorted(e["ws_id"] for e in evs if e["type"] == kind) == [f"n{i:03d}" for i in range(120)]
+    lanes = {a["lane"] for a in db.attempts(run_id)}
+    assert lanes <= set(range(8)) and len(lanes) > 1
+
+
+def test_ws_id_runs_only_the_selection(project):
+    write_ws(project / "w", "base", run="echo base > base.out")
+    write_ws(project / "w", "top", run="true", depends_on=["base"])
+    write_ws(project / "w", "unrelated", run="true")
+    proc = agentrun("run", "w", "--ws-id", "top", cwd=project)
+    assert proc.returncode == 0
+    db = state(project)
+    assert set(db.workstreams(db.latest_run()["id"])) == {"top"}
+    proc = agentrun("run", "w", "--ws-id", "top", "--with-deps", cwd=project)
+    assert proc.returncode == 0
+    assert set(db.workstreams(db.latest_run()["id"])) == {"base", "top"}
+
+
+def test_argv_commands_run_without_a_shell(project):
+    write_ws(project / "w", "argv", run=[sys.executable, "-c", "import sys; print('$HOME', sys.argv)", "x y"])
+    proc = agentrun("run", "w", cwd=project)
+    assert proc.returncode == 0
+    db = state(project)
+    run_id = db.latest_run()["id"]
+    log = agentrun("logs", run_id, "argv", cwd=project).stdout
+    assert "$HOME ['-c', 'x y']" in log
+
+
+def test_environment_and_cwd_reach_the_command(project):
+    (project / "sub").mkdir()
+    write_ws(project / "w", "envy", cwd="sub", env={"GREETING": "hi"},
+             run='echo "$GREETING $AGENTRUN_WS_ID $AGENTRUN_ATTEMPT $(basename $PWD)"; test -d "$TMPDIR"')
+    assert agentrun("run", "w", cwd=project).returncode == 0
+    db = state(project)
+    run_id = db.latest_run()["id"]
+    assert "\nhi envy 1 sub\n" in agentrun("logs", run_id, "envy", cwd=project).stdout
+
+
+def test_non_tty_output_is_one_line_per_event_and_a_summary(project):
+    write_ws(project / "w", "a", run="true")
+    write_ws(project / "w", "b", run="true", depends_on=["a"])
+    proc = agentrun("run", "w", cwd=project)
+    lines = proc.stdout.splitlines()
+    run_id = state(project).latest_run()["id"]
+    n_events = len(events(project, run_id))
+    event_lines = [line for line in lines if line[:2].isdigit() and line[2] == ":"]
+    assert len(event_lines) == n_events
+    assert any(line.startswith(f"run {run_id} done") for line in lines)
+    assert f"agentrun status {run_id}" in proc.stdout
+
+
+def test_status_shows_counts_and_rows(project):
+    write_ws(project / "w", "ok", run="true")
+    write_ws(project / "w", "ko", run="exit 2")
+    agentrun("run", "w", cwd=project)
+    out = agentrun("status", cwd=project)
+    assert out.returncode == 0
+    assert "done 1" in out.stdout and "failed 1" in out.stdout
+    assert any(line.startswith("ko") and "exit code 2" in line for line in out.stdout.splitlines())
+
+
+def test_history_refines_estimates_in_plan(project):
+    write_ws(project / "w", "x", run="true", estimate="9m")
+    assert agentrun("run", "w", cwd=project).returncode == 0
+    plan = agentrun("plan", "w", "--format", "json", cwd=project)
+    data = json.loads(plan.stdout)
+    (entry,) = data["workstreams"]
+    assert entry["estimate_source"] == "history"
+    assert entry["estimate_s"] < 60
+
+
+def test_dry_run_prints_plan_and_writes_nothing(project):
+    write_ws(project / "w", "a", run="true", estimate="2s")
+    write_ws(project / "w", "b", run="true", depends_on=["a"], estimate="3s")
+    proc = agentrun("run", "w", "--dry-run", "--parallel", "--max-workers", 2, cwd=project)
+    assert proc.returncode == 0
+    assert "critical path: a -> b" in proc.stdout
+    assert "lower bound" in proc.stdout
+    assert not (project / ".agentrun").exists()
+
+
+def test_eager_schedule_beats_waves_on_uneven_chains(project):
+    # A(long) -> B(short) and C(short) -> D(long): waves wait for A before D can start.
+    for ws_id, secs, deps in (("a", 0.6, []), ("b", 0.05, ["a"]), ("c", 0.05, []), ("d", 0.6, ["c"])):
+        write_ws(project / "w", ws_id, run=f"sleep {secs}", estimate=f"{secs}s", depends_on=deps)
+    spans = {}
+    for mode in ("eager", "waves"):
+        assert agentrun("run", "w", "--parallel", "--max-workers", 2, "--schedule", mode,
+                        cwd=project).returncode == 0
+        db = state(project)
+        attempts = {a["ws_id"]: a for a in db.attempts(db.latest_run()["id"])}
+        spans[mode] = attempts
+    # Ordering facts rather than timings: in waves mode d starts after a finished;
+    # eagerly it starts as soon as c is done, while a still runs.
+    assert spans["waves"]["d"]["started_at"] >= spans["waves"]["a"]["finished_at"]
+    assert spans["eager"]["d"]["started_at"] < spans["eager"]["a"]["finished_at"]
+
+
+def test_worker_death_is_recorded_lost_and_retried(project):
+    # The command kills its worker (its parent's parent is the sh, whose parent is the worker).
+    marker = project / "killed-once"
+    write_ws(project / "w", "victim", retries=1, retry_backoff="0s",
+             run=f'if [ ! -f {marker} ]; then touch {marker}; kill -9 $PPID; fi; true')
+    proc = agentrun("run", "w", cwd=project)
+    db = state(project)
+    run_id = db.latest_run()["id"]
+    statuses = [a["status"] for a in db.attempts(run_id)]
+    # The shell is the process-group leader; $PPID is the worker process.
+    assert statuses == ["lost", "done"], (statuses, proc.stdout)
+    assert proc.returncode == 0
+    assert any(e["type"] == "ws_lost" for e in events(project, run_id))
+
+
+def test_events_log_torn_tail_is_repaired_by_next_writer(tmp_path):
+    from agentrun.events import EventLog, read_events
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path, "r1")
+    log.emit("run_started")
+    with open(path, "ab") as fh:
+        fh.write(b'{"seq": 2, "type": "ws_sta')
+    records, _, bad = read_events(path)
+    assert [r["seq"] for r in records] == [1] and bad == 0
+    other = EventLog(path, "r1")
+    other.emit("ws_started", "x", 1)
+    lines = path.read_bytes().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == [1, 2]
+    assert os.path.getsize(path) == sum(len(line) + 1 for line in lines)
