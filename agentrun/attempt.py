@@ -40,7 +40,7 @@ class Job:
 class Completion:
     ws_id: str
     attempt: int
-    status: str                 # workstream status now: done, retrying, failed, conflict, interrupted, lost, skipped
+    status: str                 # workstream status now: done, retrying, failed, conflict, interrupted, crashed, skipped
     retry_at: float | None = None
     error: str | None = None
 
@@ -225,10 +225,13 @@ def record_outcome(job: Job, ctx: RunContext, store: StateStore, events: EventLo
                    result: ExecResult) -> Completion:
     ws = ctx.workstreams[job.ws_id]
     conflict_retry = False
+    failures = 0
     if result.status == "conflict" and ws.on_conflict == "retry":
         earlier = [a for a in store.attempts(ctx.run_id, ws.id) if a["status"] == "conflict"]
         conflict_retry = not earlier
-    decision = policy.after_attempt(result.status, job.attempt, ctx.max_attempts[ws.id], ws.retry_backoff,
+    elif result.status in ("failed", "timeout"):
+        failures = store.failures(ctx.run_id, ws.id) + 1
+    decision = policy.after_attempt(result.status, failures, ctx.max_attempts[ws.id], ws.retry_backoff,
                                     conflict_retry=conflict_retry)
     now = time.time()
     retry_at = now + decision.retry_in if decision.retry_in is not None else None

@@ -15,6 +15,7 @@ import signal
 from multiprocessing.connection import Connection, wait as mp_wait
 from typing import Callable, Protocol
 
+from . import crashpoints, procs
 from .attempt import Completion, Job, RunContext, run_attempt
 from .events import EventLog
 from .state import StateStore
@@ -31,16 +32,25 @@ class Backend(Protocol):
 _FORK = multiprocessing.get_context("fork")
 
 
+def local_external_id(pid: int) -> str:
+    """``local:<pid>:<start time>``: names one worker process even after its pid is reused."""
+    return f"local:{pid}:{procs.proc_start_time(pid)}"
+
+
+def parse_local_external_id(external_id: str | None) -> tuple[int, str] | None:
+    if not external_id or not external_id.startswith("local:"):
+        return None
+    _, pid, start = external_id.split(":", 2)
+    return int(pid), start
+
+
 class _Worker:
     def __init__(self, lane: int, process, conn: Connection):
         self.lane = lane
         self.process = process
         self.conn = conn
         self.job: Job | None = None
-
-    @property
-    def external_id(self) -> str:
-        return f"local:{self.process.pid}"
+        self.external_id = local_external_id(process.pid)
 
 
 class LocalProcessBackend:
@@ -82,7 +92,7 @@ class LocalProcessBackend:
         return worker.external_id
 
     def poll(self, timeout: float | None, extra_fds: list[int] = ()) -> list[Completion]:
-        """Completions that arrived within ``timeout``; a dead worker's job comes back as ``lost``."""
+        """Completions that arrived within ``timeout``; a dead worker's job comes back as ``crashed``."""
         watch: dict[object, _Worker] = {}
         for w in self._workers:
             watch[w.conn] = w
@@ -106,7 +116,7 @@ class LocalProcessBackend:
         for worker in dead:
             worker.process.join()
             if worker.job is not None:
-                out.append(Completion(worker.job.ws_id, worker.job.attempt, "lost",
+                out.append(Completion(worker.job.ws_id, worker.job.attempt, "crashed",
                                       error=f"worker process {worker.process.pid} died "
                                             f"(exit code {worker.process.exitcode})"))
             self._workers.remove(worker)
@@ -155,6 +165,7 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext) -> None:
     # Ctrl-C reaches the whole foreground group; the orchestrator decides what
     # stops. SIGTERM means "stop the current command cleanly and exit".
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    crashpoints.orchestrator_pid = os.getppid()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     stopping = False
@@ -167,7 +178,7 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext) -> None:
     signal.set_wakeup_fd(wake_w)
     store = StateStore(ctx.layout.db_path)
     events = EventLog(ctx.layout.events_path(ctx.run_id), ctx.run_id)
-    external_id = f"local:{os.getpid()}"
+    external_id = local_external_id(os.getpid())
     try:
         while not stopping:
             ready = mp_wait([conn, wake_r])

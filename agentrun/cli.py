@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from . import cleanup, render, runner, status
+from . import cleanup, recovery, render, runner, status
 from .durations import format_duration
 from .errors import EXIT_FAILED, AgentrunError, GitError, UsageError
 from .integration import fast_forward
@@ -75,12 +75,16 @@ def plan(source, max_workers, fmt, ws_ids, with_deps, state_dir) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan and run nothing.")
 @click.option("--into", metavar="BRANCH", help="At the end, fast-forward BRANCH to the integration branch "
               "if every workstream is done.")
+@click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue RUN_ID instead (same as `agentrun resume`).")
+@click.option("--accept-changes", is_flag=True, help="With --resume: use edited workstream files.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output, only the final summary.")
 @state_dir_option
 @handle_errors
-def run(source, parallel, max_workers, ws_ids, with_deps, schedule, fail_fast, dry_run, into, quiet,
-        state_dir) -> None:
+def run(source, parallel, max_workers, ws_ids, with_deps, schedule, fail_fast, dry_run, into, resume_id,
+        accept_changes, quiet, state_dir) -> None:
     """Run the workstreams in SOURCE (default: waves/)."""
+    if resume_id:
+        sys.exit(_resume(resume_id, accept_changes, max_workers, quiet, state_dir))
     opts = runner.RunOptions(source=source, max_workers=_workers(parallel, max_workers), schedule=schedule,
                              fail_fast=fail_fast, ws_ids=ws_ids, with_deps=with_deps, state_dir=state_dir,
                              into=into)
@@ -92,20 +96,24 @@ def run(source, parallel, max_workers, ws_ids, with_deps, schedule, fail_fast, d
     for note in prep.notes:
         click.echo(f"note: {note}", err=True)
     store, run_id = runner.create_run(prep)
-    display = display_for(sys.stdout, prep.layout.events_path(run_id), quiet)
-    orch = runner.Orchestrator(store, prep.layout, run_id, prep.plan, prep.root, opts, display=display)
+    sys.exit(_execute(store, prep.layout, run_id, prep.plan, prep.root, opts, quiet))
+
+
+def _execute(store, layout, run_id, plan, root, opts, quiet, resumed=False) -> int:
+    """Run the orchestrator with a display; print the summary; returns the exit code."""
+    display = display_for(sys.stdout, layout.events_path(run_id), quiet)
+    orch = runner.Orchestrator(store, layout, run_id, plan, root, opts, display=display, resumed=resumed)
     result = orch.run()
     orch.store.close()
-    code = _summary(result, prep)
-    sys.exit(code)
+    return _summary(result, layout, root, opts)
 
 
-def _summary(result: runner.RunResult, prep: runner.Prepared) -> int:
+def _summary(result: runner.RunResult, layout, root, opts) -> int:
     """Print the end-of-run summary; returns the exit code."""
     code = result.exit_code
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
     click.echo(f"\nrun {result.run_id} {result.status} in {format_duration(result.elapsed)}: {counts}")
-    store = status.open_readonly(prep.layout)
+    store = status.open_readonly(layout)
     try:
         run_row = store.run(result.run_id)
         rows = store.workstreams(result.run_id)
@@ -124,18 +132,91 @@ def _summary(result: runner.RunResult, prep: runner.Prepared) -> int:
     if run_row["integration_branch"]:
         merged = sum(1 for r in rows if r["integrated_commit"])
         click.echo(f"integration branch: {run_row['integration_branch']} ({merged} results merged)")
-        if prep.options.into:
+        if opts.into:
             if result.status == "done":
                 try:
-                    click.echo(fast_forward(prep.root, prep.options.into, run_row["integration_branch"]))
+                    click.echo(fast_forward(root, opts.into, run_row["integration_branch"]))
                 except GitError as exc:
                     click.echo(f"error: {exc}", err=True)
                     code = EXIT_FAILED
             else:
-                click.echo(f"not updating {prep.options.into}: the run is {result.status}; the integration "
+                click.echo(f"not updating {opts.into}: the run is {result.status}; the integration "
                            "branch holds the verified results")
     click.echo(f"details: agentrun status {result.run_id}    logs: agentrun logs {result.run_id} WS_ID")
     return code
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@click.option("--list", "list_only", is_flag=True, help="List runs that did not finish; change nothing.")
+@state_dir_option
+@handle_errors
+def recover(run_id, list_only, state_dir) -> None:
+    """Reconcile a crashed run: stop its orphaned processes, mark their attempts lost, repair the log.
+
+    Without RUN_ID, recovers every run whose orchestrator died.
+    """
+    layout = layout_for(state_dir, project_root())
+    if list_only:
+        store = status.open_readonly(layout)
+        try:
+            found = recovery.unfinished_runs(store)
+        finally:
+            store.close()
+        if not found:
+            click.echo("every recorded run finished; nothing to recover")
+        for item in found:
+            c = item.counts
+            state = "crashed (orchestrator gone)" if item.crashed else "interrupted"
+            click.echo(f"{item.run['id']}  {state}  done {c.get('done', 0)}  running {c.get('running', 0)}  "
+                       f"lost {c.get('lost', 0)}  pending {c.get('pending', 0) + c.get('ready', 0)}  "
+                       f"interrupted {c.get('interrupted', 0)}")
+            click.echo(f"    {item.plan()}")
+        return
+    status.open_readonly(layout).close()  # refuses a missing or corrupt DB before anything writes
+    store = StateStore(layout.db_path)
+    try:
+        if run_id:
+            targets = [run_id]
+        else:
+            targets = [u.run["id"] for u in recovery.unfinished_runs(store) if u.crashed]
+            if not targets:
+                click.echo("no crashed runs; nothing to recover")
+        for rid in targets:
+            report = recovery.recover(store, layout, rid)
+            click.echo(f"run {rid}:")
+            for action in report.actions or ["nothing needed fixing"]:
+                click.echo(f"  {action}")
+            click.echo(f"  resume with: agentrun resume {rid}")
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--accept-changes", is_flag=True, help="Use edited workstream files for work not yet done.")
+@click.option("--max-workers", type=int, default=None, help="Workers (default: as the run was started).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output, only the final summary.")
+@state_dir_option
+@handle_errors
+def resume(run_id, accept_changes, max_workers, quiet, state_dir) -> None:
+    """Continue RUN_ID: done work stays done; lost, interrupted and pending work runs again."""
+    sys.exit(_resume(run_id, accept_changes, max_workers, quiet, state_dir))
+
+
+def _resume(run_id, accept_changes, max_workers, quiet, state_dir) -> int:
+    root = project_root()
+    layout = layout_for(state_dir, root)
+    res = runner.prepare_resume(layout, run_id, accept_changes=accept_changes, max_workers=max_workers)
+    for action in res.recovered:
+        click.echo(f"recovered: {action}", err=True)
+    for note in res.notes:
+        click.echo(f"note: {note}", err=True)
+    if res.plan is None:
+        res.store.close()
+        return 0
+    return _execute(res.store, layout, run_id, res.plan, Path(res.run["project_root"]), res.options, quiet,
+                    resumed=True)
 
 
 @cli.command("status")

@@ -1,8 +1,9 @@
 """Named crash points for recovery tests.
 
 ``AGENTRUN_CRASH_AT=<point>`` (or ``<point>:<n>`` for the n-th time the point
-is reached in this process) makes the process SIGKILL itself there, exactly
-as a power cut or the OOM killer would stop it: no cleanup, no flush.
+is reached in this process) makes the process SIGKILL itself there (a worker takes its
+orchestrator with it), exactly as kill -9 or the OOM killer would: no cleanup,
+no flush.
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ POINTS = (
 )
 
 _counts: dict[str, int] = {}
+# Set in worker processes: a crash there takes the orchestrator down too, so a
+# crash point models "agentrun died at this step", not a lone worker death.
+orchestrator_pid: int | None = None
+
+
+def _die() -> None:
+    if orchestrator_pid:
+        try:
+            os.kill(orchestrator_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _armed(point: str) -> bool:
@@ -36,11 +49,11 @@ def _armed(point: str) -> bool:
 
 def hit(point: str) -> None:
     if _armed(point):
-        os.kill(os.getpid(), signal.SIGKILL)
+        _die()
 
 
 def torn_write(fd: int, line: bytes) -> None:
     """At ``mid-event-write``: write half of ``line`` and die, leaving a torn tail."""
     if _armed("mid-event-write"):
         os.write(fd, line[: max(1, len(line) // 2)])
-        os.kill(os.getpid(), signal.SIGKILL)
+        _die()

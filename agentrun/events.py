@@ -60,28 +60,49 @@ class EventLog:
 
     def _repair_and_read_seq(self, fd: int, size: int) -> int:
         """Drop a torn tail, learn the last sequence number; returns the repaired size."""
-        if size == 0:
-            self._seq = 0
-            return 0
-        start = max(0, size - TAIL_BYTES)
-        tail = os.pread(fd, size - start, start)
-        if not tail.endswith(b"\n"):
-            cut = tail.rfind(b"\n")
-            size = start + cut + 1 if cut >= 0 else start
-            os.ftruncate(fd, size)
-            tail = tail[: cut + 1] if cut >= 0 else b""
+        keep = complete_size(fd, size)
+        if keep != size:
+            os.ftruncate(fd, keep)
+        tail = os.pread(fd, min(keep, TAIL_BYTES), keep - min(keep, TAIL_BYTES))
+        self._seq = 0
         for line in reversed(tail.splitlines()):
             try:
                 self._seq = int(json.loads(line)["seq"])
-                return size
+                break
             except (ValueError, KeyError, TypeError):
                 continue
-        return size
+        return keep
 
     def close(self) -> None:
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
         self._fd = None
+
+
+def complete_size(fd: int, size: int) -> int:
+    """Length of the file up to and including its last newline."""
+    end = size
+    while end > 0:
+        start = max(0, end - TAIL_BYTES)
+        cut = os.pread(fd, end - start, start).rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0
+
+
+def repair_tail(path: str | Path) -> int:
+    """Truncate a torn (unterminated) last line; returns the number of bytes removed."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        keep = complete_size(fd, size)
+        if keep != size:
+            os.ftruncate(fd, keep)
+        return size - keep
+    finally:
+        os.close(fd)
 
 
 def read_events(path: str | Path, offset: int = 0) -> tuple[list[dict], int, int]:

@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from filelock import FileLock
+
 from .errors import GitError  # noqa: F401  (re-exported for callers)
 
 # agentrun's own commits must not depend on the user's identity being set, nor
@@ -116,14 +118,36 @@ def out_env(cwd: Path, env: dict[str, str], *args: str) -> str:
     return run(cwd, *args, env=env).stdout.strip()
 
 
+_common_dirs: dict[str, Path] = {}
+
+
+def worktree_lock(root: Path) -> FileLock:
+    """Worktree bookkeeping is not safe to run concurrently (``prune`` deletes the
+    empty ``worktrees/`` directory another ``add`` is about to use): one at a time."""
+    key = str(root)
+    if key not in _common_dirs:
+        common = Path(out(root, "rev-parse", "--git-common-dir"))
+        _common_dirs[key] = common if common.is_absolute() else root / common
+    return FileLock(str(_common_dirs[key] / "agentrun-worktrees.lock"))
+
+
 def worktree_add(root: Path, path: Path, branch: str, start: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    run(root, "worktree", "add", "-q", "-B", branch, str(path), start)
+    with worktree_lock(root):
+        # A worktree registered by a process killed half-way would block the add.
+        run(root, "worktree", "prune", check=False)
+        run(root, "worktree", "add", "-q", "-B", branch, str(path), start)
+
+
+def worktree_prune(root: Path) -> None:
+    with worktree_lock(root):
+        run(root, "worktree", "prune", check=False)
 
 
 def worktree_remove(root: Path, path: Path) -> None:
-    run(root, "worktree", "remove", "--force", str(path), check=False)
-    run(root, "worktree", "prune", check=False)
+    with worktree_lock(root):
+        run(root, "worktree", "remove", "--force", str(path), check=False)
+        run(root, "worktree", "prune", check=False)
 
 
 def delete_branch(root: Path, branch: str) -> None:

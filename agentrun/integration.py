@@ -66,10 +66,13 @@ def rescue_and_remove(repo: Path, path: Path, ref: str) -> str | None:
     if path.exists():
         try:
             sha = git.snapshot_tree(path, f"agentrun rescue of {path}")
-        except Exception:
-            sha = None
-            if (path / ".git").exists():
-                raise
+        except git.GitError:
+            # Not snapshottable (a half-made worktree, a process killed mid-rebase):
+            # never delete what we cannot save; move it aside instead.
+            aside = path.with_name(f"{path.name}.broken-{int(time.time())}")
+            path.rename(aside)
+            git.worktree_prune(repo)
+            return None
         if sha:
             git.update_ref(repo, ref, sha)
     git.worktree_remove(repo, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
@@ -37,7 +38,8 @@ class PlainDisplay:
     def __init__(self, events_path, out: TextIO = sys.stdout):
         self.path = events_path
         self.out = out
-        self.offset = 0
+        # A resumed run appends to its log: show only what happens from now on.
+        self.offset = os.path.getsize(events_path) if os.path.exists(events_path) else 0
 
     def update(self, orch, force: bool = False) -> None:
         try:

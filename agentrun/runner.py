@@ -9,22 +9,23 @@ other processes.
 from __future__ import annotations
 
 import heapq
+import json
 import os
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import crashpoints, git, policy, procs
+from . import crashpoints, git, policy, procs, recovery
 from .attempt import Completion, Job, RunContext
 from .backends import LocalProcessBackend
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, StateError, UsageError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SpecError, StateError, UsageError
 from .events import EventLog
 from .integration import GitRun, integration_branch
 from .layout import Layout, layout_for, new_run_id, project_root
 from .planner import Plan, build_plan, select
 from .scheduler import SCHEDULES, Scheduler
-from .spec import Source, load_source
+from .spec import Source, load_source, workstreams_from_snapshots
 from .state import StateStore, json_dumps
 
 RUN_HEARTBEAT_SECONDS = 2.0
@@ -149,6 +150,94 @@ def create_run(prep: Prepared) -> tuple[StateStore, str]:
 
 
 @dataclass
+class Resumption:
+    """What ``resume`` found and decided before running anything."""
+
+    store: StateStore
+    run: object
+    plan: Plan | None
+    options: RunOptions
+    notes: list[str]
+    recovered: list[str]
+
+
+def prepare_resume(layout: Layout, run_id: str, *, accept_changes: bool, max_workers: int | None) -> Resumption:
+    if not layout.db_path.is_file():
+        raise StateError(f"{layout.db_path}: no state DB here; nothing to resume (pass --state-dir?)")
+    StateStore(layout.db_path, readonly=True).close()  # refuses a corrupt DB before anything writes
+    store = StateStore(layout.db_path)
+    run = store.run(run_id)
+    if run is None:
+        store.close()
+        raise UsageError(f"unknown run id '{run_id}'; `agentrun recover --list` shows runs that can be resumed")
+    recovered: list[str] = []
+    if run["status"] == "running":
+        report = recovery.recover(store, layout, run_id)  # refuses a live run
+        recovered = report.actions
+        run = store.run(run_id)
+    saved = json.loads(run["options"])
+    options = RunOptions(source=run["source"], max_workers=max_workers or saved["max_workers"],
+                         schedule=saved["schedule"], fail_fast=saved["fail_fast"], ws_ids=tuple(saved["ws_ids"]),
+                         with_deps=saved["with_deps"], state_dir=str(layout.state_dir), into=run["into_branch"])
+    if run["status"] == "done":
+        return Resumption(store, run, None, options, [f"run {run_id} already finished with every workstream "
+                                                      "done; nothing to resume"], recovered)
+    rows = {r["ws_id"]: r for r in store.workstreams(run_id)}
+    recorded = workstreams_from_snapshots([json.loads(r["spec"]) for r in rows.values()], run["source"])
+    notes, current = _compare_source(run["source"], recorded, rows, accept_changes)
+    reset = {w for w, r in rows.items() if r["status"] in recovery.REQUEUE}
+    reset |= {w for w, ws in current.items() if ws is not recorded[w] and rows[w]["status"] in ("failed", "conflict")}
+    if not reset:
+        failed = sorted(w for w, r in rows.items() if r["status"] in ("failed", "conflict"))
+        notes.append(f"run {run_id} has no lost, interrupted or pending work; nothing to resume"
+                     + (f" (failed: {', '.join(failed)}; edit them and pass --accept-changes to retry)" if failed else ""))
+        return Resumption(store, run, None, options, notes, recovered)
+    reset |= {w for w, r in rows.items() if r["status"] == "blocked"}  # re-derived from what still fails
+    with store.write() as db:
+        for ws_id, ws in current.items():
+            if ws is not recorded[ws_id]:
+                db.execute("UPDATE workstreams SET spec = ?, spec_hash = ?, max_attempts = ? "
+                           "WHERE run_id = ? AND ws_id = ?",
+                           (json_dumps(ws.to_json()), ws.spec_hash(), ws.retries + 1, run_id, ws_id))
+        db.executemany("UPDATE workstreams SET status = 'pending', retry_at = NULL WHERE run_id = ? AND ws_id = ?",
+                       [(run_id, w) for w in sorted(reset)])
+    plan = build_plan(list(current.values()), read_history(layout, list(current)))
+    return Resumption(store, run, plan, options, notes, recovered)
+
+
+def _compare_source(source: str, recorded: dict, rows: dict, accept: bool) -> tuple[list[str], dict]:
+    """Detect edits to the workstream files since the run started (by spec hash)."""
+    notes: list[str] = []
+    current = dict(recorded)
+    try:
+        fresh = load_source(source).by_id()
+    except SpecError as exc:
+        if accept:
+            raise
+        notes.append(f"{source} no longer loads ({exc.problems[0]}); using the recorded definitions")
+        return notes, current
+    changed = sorted(w for w in recorded if w in fresh and fresh[w].spec_hash() != rows[w]["spec_hash"])
+    added = sorted(set(fresh) - set(recorded))
+    if added:
+        notes.append(f"not part of this run (start a new run for them): {', '.join(added)}")
+    if not changed:
+        return notes, current
+    done = [w for w in changed if rows[w]["status"] == "done"]
+    if accept:
+        todo = [w for w in changed if w not in done]
+        for w in todo:
+            current[w] = fresh[w]
+        if todo:
+            notes.append(f"using the edited definitions of: {', '.join(todo)}")
+        if done:
+            notes.append(f"edited after they were done, not re-run: {', '.join(done)}")
+    else:
+        notes.append(f"workstream files changed since the run started: {', '.join(changed)}; using the recorded "
+                     "definitions (pass --accept-changes to use the new ones)")
+    return notes, current
+
+
+@dataclass
 class RunResult:
     run_id: str
     status: str
@@ -166,6 +255,7 @@ class Orchestrator:
     root: Path
     options: RunOptions
     display: object = None
+    resumed: bool = False
     ctx: RunContext = field(init=False)
 
     def __post_init__(self) -> None:
@@ -209,11 +299,19 @@ class Orchestrator:
         rows = {r["ws_id"]: r for r in self.store.workstreams(self.run_id)}
         self.attempts = {w: r["attempt"] for w, r in rows.items()}
         done = [w for w, r in rows.items() if r["status"] == "done"]
-        self.sched = Scheduler(self.plan, self.options.schedule, completed=done)
+        failed = {w for w, r in rows.items() if r["status"] in ("failed", "conflict")}
+        self.sched = Scheduler(self.plan, self.options.schedule, completed=done, blocked=failed)
+        already = {w for w, r in rows.items() if r["status"] == "blocked"}
+        newly_blocked = sorted(self.sched.blocked - failed - already)
         self.store.update_run(self.run_id, status="running", orchestrator_pid=os.getpid(),
                               orchestrator_start=procs.proc_start_time(os.getpid()), heartbeat_at=time.time())
-        self.events.emit("run_started", workers=self.options.max_workers, schedule=self.options.schedule,
+        self.events.emit("run_resumed" if self.resumed else "run_started", workers=self.options.max_workers, schedule=self.options.schedule,
                          workstreams=len(self.plan.workstreams))
+        if newly_blocked:  # on resume: dependents of work that failed before
+            self.store.set_status(self.run_id, newly_blocked, "blocked", error="a dependency failed",
+                                  now=time.time())
+            for ws_id in newly_blocked:
+                self.events.emit("ws_blocked", ws_id, None)
         self._make_ready(self.sched.initially_ready)
         backend = LocalProcessBackend(self.ctx, self.options.max_workers,
                                       before_fork=lambda: self.store.close(), after_fork=self._reopen)
@@ -272,8 +370,8 @@ class Orchestrator:
     def _handle(self, c: Completion) -> None:
         sched = self.sched
         self.started.pop(c.ws_id, None)
-        if c.status == "lost":
-            c = self._record_lost(c)
+        if c.status == "crashed":
+            c = self._record_crash(c)
         if c.status == "done":
             self._make_ready(sched.mark_done(c.ws_id))
         elif c.status == "retrying":
@@ -291,18 +389,19 @@ class Orchestrator:
         else:  # interrupted or skipped: it stopped without an outcome
             sched.release(c.ws_id)
 
-    def _record_lost(self, c: Completion) -> Completion:
+    def _record_crash(self, c: Completion) -> Completion:
         ws = self.plan.workstreams[c.ws_id]
-        decision = policy.after_attempt("lost", c.attempt, ws.retries + 1, ws.retry_backoff)
+        failures = self.store.failures(self.run_id, c.ws_id) + 1
+        decision = policy.after_attempt("crashed", failures, ws.retries + 1, ws.retry_backoff)
         now = time.time()
         retry_at = now + decision.retry_in if decision.retry_in is not None else None
         with self.store.write() as db:
-            db.execute("UPDATE attempts SET status = 'lost', finished_at = ?, error = ? "
+            db.execute("UPDATE attempts SET status = 'crashed', finished_at = ?, error = ? "
                        "WHERE run_id = ? AND ws_id = ? AND attempt = ? AND status = 'running'",
                        (now, c.error, self.run_id, c.ws_id, c.attempt))
             db.execute("UPDATE workstreams SET status = ?, retry_at = ?, error = ? WHERE run_id = ? AND ws_id = ?",
                        (decision.ws_status, retry_at, c.error, self.run_id, c.ws_id))
-        self.events.emit("ws_lost", c.ws_id, c.attempt, error=c.error)
+        self.events.emit("ws_crashed", c.ws_id, c.attempt, error=c.error)
         if decision.ws_status == "failed":
             self.events.emit("ws_failed", c.ws_id, c.attempt, error=c.error)
         else:

@@ -184,6 +184,12 @@ class StateStore:
                                "integrated_commit IS NOT NULL ORDER BY integration_seq", (run_id,)).fetchall()
         return [r["ws_id"] for r in rows if wanted & set(json.loads(r["changed_files"] or "[]"))]
 
+    def failures(self, run_id: str, ws_id: str) -> int:
+        """Failed attempts so far: what ``retries`` limits. Interrupted and orphaned (lost) attempts
+        were not the workstream's fault and do not count."""
+        return self.db.execute("SELECT COUNT(*) FROM attempts WHERE run_id = ? AND ws_id = ? AND status IN "
+                               "('failed', 'timeout', 'crashed')", (run_id, ws_id)).fetchone()[0]
+
     def gate_results(self, run_id: str, ws_id: str | None = None) -> list[sqlite3.Row]:
         if ws_id is None:
             return self.db.execute("SELECT * FROM gate_results WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()

@@ -279,7 +279,7 @@ def test_eager_schedule_beats_waves_on_uneven_chains(project):
     assert spans["eager"]["d"]["started_at"] < spans["eager"]["a"]["finished_at"]
 
 
-def test_worker_death_is_recorded_lost_and_retried(project):
+def test_worker_death_is_recorded_crashed_and_retried(project):
     # The command kills its worker (its parent's parent is the sh, whose parent is the worker).
     marker = project / "killed-once"
     write_ws(project / "w", "victim", retries=1, retry_backoff="0s",
@@ -289,9 +289,9 @@ def test_worker_death_is_recorded_lost_and_retried(project):
     run_id = db.latest_run()["id"]
     statuses = [a["status"] for a in db.attempts(run_id)]
     # The shell is the process-group leader; $PPID is the worker process.
-    assert statuses == ["lost", "done"], (statuses, proc.stdout)
+    assert statuses == ["crashed", "done"], (statuses, proc.stdout)
     assert proc.returncode == 0
-    assert any(e["type"] == "ws_lost" for e in events(project, run_id))
+    assert any(e["type"] == "ws_crashed" for e in events(project, run_id))
 
 
 def test_events_log_torn_tail_is_repaired_by_next_writer(tmp_path):

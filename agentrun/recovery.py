@@ -1,0 +1,184 @@
+"""Crash recovery: find runs whose orchestrator died, and reconcile them.
+
+``recover`` never re-runs anything; it makes the recorded state true again
+(stops orphaned processes, marks their attempts ``lost``, repairs the event
+log, saves uncommitted worktree changes) so that ``resume`` can continue.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import git, procs
+from .backends import parse_local_external_id
+from .errors import UsageError
+from .events import EventLog, repair_tail
+from .integration import rescue_ref
+from .layout import Layout
+from .state import StateStore
+
+STALE_HEARTBEAT_SECONDS = 10.0
+REQUEUE = ("pending", "ready", "running", "retrying", "lost", "interrupted")
+
+
+def orchestrator_alive(run) -> bool:
+    return procs.is_alive(run["orchestrator_pid"], run["orchestrator_start"])
+
+
+def is_crashed(run, now: float | None = None) -> bool:
+    """Recorded as running, but its orchestrator process is gone."""
+    return run["status"] == "running" and not orchestrator_alive(run)
+
+
+def heartbeat_age(run, now: float | None = None) -> float | None:
+    if not run["heartbeat_at"]:
+        return None
+    return (now or time.time()) - run["heartbeat_at"]
+
+
+@dataclass
+class Unfinished:
+    run: object
+    counts: dict[str, int]
+    crashed: bool
+
+    def plan(self) -> str:
+        c = self.counts
+        again = sum(c.get(s, 0) for s in REQUEUE)
+        steps = []
+        if self.crashed:
+            steps.append(f"recover: stop what is left of {c.get('running', 0)} running attempt(s), mark them lost")
+        steps.append(f"resume: {c.get('done', 0)} done stay done; {again} queued again")
+        return "; ".join(steps)
+
+
+def unfinished_runs(store: StateStore) -> list[Unfinished]:
+    out = []
+    for run in store.runs(limit=200):
+        if run["status"] == "interrupted" or is_crashed(run):
+            out.append(Unfinished(run, store.counts(run["id"]), run["status"] == "running"))
+    return out
+
+
+def run_processes(run_id: str) -> list[int]:
+    """Live processes started for this run: every command and gate carries AGENTRUN_RUN_ID."""
+    needle = f"AGENTRUN_RUN_ID={run_id}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in env and procs.is_alive(int(entry), None):
+            found.append(int(entry))
+    return found
+
+
+@dataclass
+class RecoveryReport:
+    run_id: str
+    actions: list[str] = field(default_factory=list)
+
+
+def recover(store: StateStore, layout: Layout, run_id: str, *, grace: float = procs.KILL_GRACE_SECONDS) -> RecoveryReport:
+    run = store.run(run_id)
+    if run is None:
+        raise UsageError(f"unknown run id '{run_id}'")
+    if run["status"] == "running" and orchestrator_alive(run):
+        raise UsageError(f"run {run_id} is live: its orchestrator (pid {run['orchestrator_pid']}) is running; "
+                         "stop it (Ctrl-C or kill -TERM) before recovering")
+    report = RecoveryReport(run_id)
+    attempts = [a for a in store.attempts(run_id) if a["status"] == "running"]
+
+    # Workers first, so that nothing writes while we reconcile.
+    for worker in {a["external_id"] for a in attempts}:
+        ident = parse_local_external_id(worker)
+        if ident and procs.is_alive(*ident):
+            os.kill(ident[0], signal.SIGKILL)
+            report.actions.append(f"killed orphaned worker process {ident[0]}")
+    groups = set()
+    for a in attempts:
+        if a["pgid"] and procs.is_alive(a["pid"], a["proc_start"]):
+            groups.add(a["pgid"])
+    for pid in run_processes(run_id):
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            pass
+    for pgid in sorted(groups):
+        procs.stop_group(pgid, grace=grace)
+        report.actions.append(f"stopped orphaned process group {pgid}")
+    leftovers = run_processes(run_id)
+    for pid in leftovers:  # escaped into sessions of their own: stop them one by one
+        try:
+            os.kill(pid, signal.SIGKILL)
+            report.actions.append(f"killed stray process {pid}")
+        except ProcessLookupError:
+            pass
+
+    now = time.time()
+    with store.write() as db:
+        lost = db.execute("UPDATE attempts SET status = 'lost', finished_at = ?, error = 'orchestrator died' "
+                          "WHERE run_id = ? AND status = 'running' RETURNING ws_id, attempt",
+                          (now, run_id)).fetchall()
+        db.execute("UPDATE workstreams SET status = 'lost' WHERE run_id = ? AND status = 'running'", (run_id,))
+        db.execute("UPDATE workstreams SET status = 'pending' WHERE run_id = ? AND status IN ('ready', 'retrying')",
+                   (run_id,))
+        db.execute("UPDATE runs SET status = 'interrupted', finished_at = ? WHERE id = ? AND status = 'running'",
+                   (now, run_id))
+    for row in lost:
+        report.actions.append(f"marked {row['ws_id']} attempt {row['attempt']} lost")
+
+    report.actions.extend(_repair_git(store, run))
+    events_path = layout.events_path(run_id)
+    if events_path.exists():
+        cut = repair_tail(events_path)
+        if cut:
+            report.actions.append(f"truncated a torn event-log line ({cut} bytes)")
+        log = EventLog(events_path, run_id)
+        log.emit("run_recovered", actions=len(report.actions), lost=[r["ws_id"] for r in lost])
+        log.close()
+    if run["status"] == "running":
+        report.actions.append("marked the run interrupted")
+    return report
+
+
+def _repair_git(store: StateStore, run) -> list[str]:
+    if not run["integration_branch"]:
+        return []
+    repo = Path(run["project_root"])
+    actions = []
+    # A git process killed mid-update leaves its lock file behind, and every later
+    # update of that ref would fail. Nobody else writes this run's refs.
+    gitdir = Path(git.out(repo, "rev-parse", "--git-common-dir"))
+    if not gitdir.is_absolute():
+        gitdir = repo / gitdir
+    refdir = gitdir / "refs" / "heads" / "agentrun" / run["id"]
+    for lock in sorted(refdir.glob("*.lock")) if refdir.is_dir() else []:
+        lock.unlink(missing_ok=True)
+        actions.append(f"removed stale git lock {lock.name}")
+    for row in store.workstreams(run["id"]):
+        tree = row["worktree"]
+        if not tree or row["status"] == "done" or not Path(tree).is_dir():
+            continue
+        for lock in (Path(git.out(Path(tree), "rev-parse", "--absolute-git-dir")) / "index.lock",):
+            if lock.exists():
+                lock.unlink()
+                actions.append(f"removed stale index lock in {tree}")
+        try:
+            sha = git.snapshot_tree(Path(tree), f"agentrun recover: {row['ws_id']}")
+        except git.GitError as exc:
+            actions.append(f"could not snapshot {tree}: {exc}")
+            continue
+        if sha:
+            ref = rescue_ref(run["id"], row["ws_id"], f"{row['attempt']}-recover")
+            git.update_ref(repo, ref, sha)
+            actions.append(f"saved uncommitted changes of {row['ws_id']} as {ref}")
+    return actions

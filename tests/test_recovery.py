@@ -1,0 +1,270 @@
+"""Crash recovery: kill -9 at random moments and at every named crash point, recover, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentrun.crashpoints import POINTS
+from agentrun.recovery import run_processes
+from conftest import agentrun, pid_alive, state, write_ws
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+def make_repo(root: Path, n: int, ledger: Path, seed: int = 7) -> Path:
+    repo = root / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.name", "t")
+    git(repo, "config", "user.email", "t@example.com")
+    (repo / "README").write_text("scratch\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    rng = random.Random(seed)
+    for i in range(n):
+        ws_id = f"w{i:02d}"
+        deps = sorted({f"w{j:02d}" for j in rng.sample(range(i), min(i, rng.randint(0, 2)))}) if i else []
+        delay = rng.choice(["0", "0.05", "0.1", "0.2"])
+        write_ws(root / "specs", ws_id, depends_on=deps, files=[f"out/{ws_id}.txt"],
+                 run=f'echo "$AGENTRUN_WS_ID $AGENTRUN_ATTEMPT" >> {ledger}; sleep {delay}; '
+                     f'mkdir -p out && echo {ws_id} > out/{ws_id}.txt')
+    return repo
+
+
+def _latest_run(repo: Path) -> str | None:
+    db = repo / ".agentrun" / "state.db"
+    if not db.exists():
+        return None
+    con = sqlite3.connect(db)
+    try:
+        row = con.execute("SELECT id FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        con.close()
+    return row[0] if row else None
+
+
+def _start(repo: Path, args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "agentrun", *args], cwd=repo, env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _done_set(repo: Path, run_id: str) -> set[str]:
+    con = sqlite3.connect(repo / ".agentrun" / "state.db")
+    try:
+        return {r[0] for r in con.execute("SELECT ws_id FROM workstreams WHERE run_id = ? AND status = 'done'",
+                                          (run_id,))}
+    finally:
+        con.close()
+
+
+def test_kill9_loop_ends_with_every_workstream_done_once(tmp_path):
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    n = 24
+    repo = make_repo(tmp_path, n, ledger)
+    specs = str(tmp_path / "specs")
+    rng = random.Random(11)
+    crashes = [f"{p}:{rng.randint(2, 4)}" for p in POINTS] + [None] * 30
+    run_id = None
+    snapshots: list[tuple[int, set[str]]] = []
+    finished = False
+    for crash in crashes:
+        args = ["resume", run_id, "-q"] if run_id else ["run", specs, "--parallel", "--max-workers", "4", "-q"]
+        env = {"AGENTRUN_CRASH_AT": crash} if crash else {}
+        proc = _start(repo, args, env)
+        if crash is None:
+            try:
+                proc.wait(timeout=rng.uniform(0.2, 1.2))
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=120)
+        run_id = run_id or _latest_run(repo)
+        if proc.returncode in (0, 1) and crash is None:
+            finished = True
+            break
+        if run_id is None:
+            continue
+        rec = agentrun("recover", run_id, cwd=repo)
+        assert rec.returncode == 0, rec.stderr
+        snapshots.append((len(ledger.read_text().splitlines()), _done_set(repo, run_id)))
+    if not finished:
+        final = agentrun("resume", run_id, "-q", cwd=repo, timeout=300)
+        assert final.returncode == 0, final.stdout + final.stderr
+
+    db = state(repo)
+    rows = db.workstreams(run_id)
+    assert {r["status"] for r in rows.values()} == {"done"} and len(rows) == n, \
+        [(w, r["status"], r["error"]) for w, r in rows.items() if r["status"] != "done"]
+    attempts = db.attempts(run_id)
+    for ws_id in rows:
+        mine = [a for a in attempts if a["ws_id"] == ws_id]
+        done = [a for a in mine if a["status"] == "done"]
+        assert len(done) == 1, (ws_id, [a["status"] for a in mine])
+        assert all(a["id"] < done[0]["id"] for a in mine if a is not done[0]), ws_id
+    # Each result is on the integration branch exactly once.
+    log = git(repo, "log", "--format=%B", f"agentrun/{run_id}/integration")
+    for ws_id in rows:
+        assert log.count(f"Agentrun-Workstream: {run_id}/{ws_id}\n") == 1, ws_id
+    tip_files = git(repo, "ls-tree", "-r", "--name-only", f"agentrun/{run_id}/integration").split()
+    assert sorted(f for f in tip_files if f.startswith("out/")) == sorted(f"out/{w}.txt" for w in rows)
+    # Nothing that was done before a crash ran again afterwards.
+    lines = ledger.read_text().splitlines()
+    for seen, done_then in snapshots:
+        rerun = {line.split()[0] for line in lines[seen:]} & done_then
+        assert not rerun, rerun
+    con = sqlite3.connect(repo / ".agentrun" / "state.db")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    events_path = repo / ".agentrun" / "runs" / run_id / "events.jsonl"
+    for line in events_path.read_text().splitlines():
+        json.loads(line)
+    assert run_processes(run_id) == []
+    assert git(repo, "fsck", "--no-progress") == ""
+
+
+def test_recover_stops_orphaned_children_and_grandchildren(project):
+    pids = project / "pids"
+    pids.mkdir()
+    write_ws(project / "w", "long",
+             run=f"sh -c 'sleep 300 & echo $! > {pids}/grandchild; wait' & echo $! > {pids}/child; "
+                 f"echo $$ > {pids}/leader; wait")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w"], cwd=project,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while len(list(pids.iterdir())) < 3 or not all(p.read_text().strip() for p in pids.iterdir()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # orchestrator and workers; the command lives on in its own session
+    proc.wait()
+    recorded = {p.name: int(p.read_text()) for p in pids.iterdir()}
+    assert all(pid_alive(pid) for pid in recorded.values())
+    run_id = state(project).latest_run()["id"]
+    listed = agentrun("recover", "--list", cwd=project)
+    assert run_id in listed.stdout and "crashed" in listed.stdout
+    out = agentrun("recover", run_id, cwd=project)
+    assert out.returncode == 0, out.stderr
+    assert "stopped orphaned process group" in out.stdout
+    assert f"agentrun resume {run_id}" in out.stdout
+    for name, pid in recorded.items():
+        assert not pid_alive(pid), name
+    db = state(project)
+    assert db.latest_run()["status"] == "interrupted"
+    assert [a["status"] for a in db.attempts(run_id)] == ["lost"]
+    assert db.workstreams(run_id)["long"]["status"] == "lost"
+
+
+def test_recover_refuses_a_live_run(project):
+    gate = project / "release"
+    write_ws(project / "w", "wait", run=f"while [ ! -f {gate} ]; do sleep 0.02; done")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w"], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            run_id = _latest_run(project)
+            if run_id and state(project).latest_run()["orchestrator_pid"]:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        out = agentrun("recover", run_id, cwd=project)
+        assert out.returncode == 2
+        assert "is live" in out.stderr
+    finally:
+        gate.touch()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+
+
+def test_resume_after_a_clean_finish_is_a_noop(project):
+    write_ws(project / "w", "a", run=f"echo ran >> {project}/ledger")
+    assert agentrun("run", "w", cwd=project).returncode == 0
+    run_id = state(project).latest_run()["id"]
+    out = agentrun("resume", run_id, cwd=project)
+    assert out.returncode == 0
+    assert "nothing to resume" in out.stderr
+    assert (project / "ledger").read_text() == "ran\n"
+
+
+def test_resume_reruns_interrupted_work_only_and_detects_edits(project):
+    gate = project / "release"
+    write_ws(project / "w", "quick", run=f"echo quick >> {project}/ledger")
+    write_ws(project / "w", "slow", run=f"echo slow >> {project}/ledger; while [ ! -f {gate} ]; do sleep 0.02; done",
+             depends_on=["quick"])
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w"], cwd=project,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while "slow" not in ((project / "ledger").read_text() if (project / "ledger").exists() else ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_id = state(project).latest_run()["id"]
+    write_ws(project / "w", "slow", run=f"echo edited >> {project}/ledger", depends_on=["quick"])
+    gate.touch()
+    out = agentrun("resume", run_id, cwd=project)  # recovers first, keeps the recorded definition
+    assert out.returncode == 0, out.stderr
+    assert "changed since the run started: slow" in out.stderr
+    assert (project / "ledger").read_text().splitlines() == ["quick", "slow", "slow"]
+    rows = state(project).workstreams(run_id)
+    assert rows["slow"]["attempt"] == 2 and rows["quick"]["attempt"] == 1
+
+
+def test_accept_changes_retries_a_failed_workstream_with_the_new_definition(project):
+    write_ws(project / "w", "broken", run="exit 1")
+    write_ws(project / "w", "after", run="true", depends_on=["broken"])
+    assert agentrun("run", "w", cwd=project).returncode == 1
+    run_id = state(project).latest_run()["id"]
+    write_ws(project / "w", "broken", run="true")
+    out = agentrun("resume", run_id, "--accept-changes", cwd=project)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = state(project).workstreams(run_id)
+    assert rows["broken"]["status"] == "done" and rows["after"]["status"] == "done"
+
+
+@pytest.mark.parametrize("command", [["recover", "nope"], ["resume", "nope"], ["status", "nope"],
+                                     ["logs", "nope", "x"]])
+def test_unknown_run_id_is_exit_2(project, command):
+    write_ws(project / "w", "a", run="true")
+    assert agentrun("run", "w", cwd=project).returncode == 0
+    db = project / ".agentrun" / "state.db"
+    before = db.read_bytes()
+    out = agentrun(*command, cwd=project)
+    assert out.returncode == 2
+    assert "unknown run id 'nope'" in out.stderr
+    assert db.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", [["recover"], ["recover", "--list"], ["resume", "x"], ["status"],
+                                     ["clean"]])
+def test_corrupt_state_db_is_exit_2_and_untouched(project, command):
+    (project / ".agentrun").mkdir()
+    db = project / ".agentrun" / "state.db"
+    db.write_bytes(b"this is not a database" * 100)
+    out = agentrun(*command, cwd=project)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "not a usable agentrun state DB" in out.stderr
+    assert db.read_bytes() == b"this is not a database" * 100
+    assert sorted(p.name for p in (project / ".agentrun").iterdir()) == ["state.db"]
+
+
+@pytest.mark.parametrize("command", [["recover"], ["resume", "x"], ["status"]])
+def test_missing_state_db_is_exit_2(project, command):
+    out = agentrun(*command, cwd=project)
+    assert out.returncode == 2
+    assert "no state DB" in out.stderr
+    assert not (project / ".agentrun").exists()
