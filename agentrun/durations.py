@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_HOW = 'write it like "90s", "5m", "1h30m" or "250ms" (a bare number means seconds)'
 
 
 def parse_duration(value: object) -> float:
@@ -16,14 +18,18 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as \"90s\" or \"5m\", got a boolean")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float (JSON allows any size)
+            seconds = math.inf if value > 0 else -math.inf
+        if seconds < 0:
+            raise ValueError(f"bad duration {value!r}: a duration cannot be negative; {_HOW}")
+        return _finite(value, seconds)
     if not isinstance(value, str):
         raise ValueError(f"expected a duration such as \"90s\" or \"5m\", got {type(value).__name__}")
     text = value.strip().lower()
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return float(text)
+        return _finite(value, float(text))
     total, pos = 0.0, 0
     for match in _PART.finditer(text):
         if match.start() != pos and text[pos:match.start()].strip():
@@ -31,8 +37,16 @@ def parse_duration(value: object) -> float:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos == 0 or text[pos:].strip():
-        raise ValueError(f"bad duration {value!r}; write it like \"90s\", \"5m\", \"1h30m\" or \"250ms\"")
-    return total
+        raise ValueError(f"bad duration {value!r}; {_HOW}")
+    return _finite(value, total)
+
+
+def _finite(value: object, seconds: float) -> float:
+    # NaN and infinity (valid TOML and JSON floats, or a string of 400 digits)
+    # would poison every comparison in the planner: refuse them.
+    if not math.isfinite(seconds):
+        raise ValueError(f"bad duration {value!r}: it must be a finite number of seconds; {_HOW}")
+    return seconds
 
 
 def format_duration(seconds: float | None) -> str:

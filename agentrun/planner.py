@@ -7,6 +7,7 @@ DB can refine them without this module knowing where they came from.
 from __future__ import annotations
 
 import difflib
+import posixpath
 import statistics
 from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
@@ -195,11 +196,35 @@ def _has_wildcard(pattern: str) -> bool:
 
 
 def _norm(path: str) -> str:
-    return path.strip("/").removeprefix("./")
+    """Normalise a path or glob: ./src//a.py -> src/a.py; the project root (. or ./) -> empty."""
+    path = posixpath.normpath(path).strip("/")
+    return "" if path == "." else path
 
 
 def _is_dir_prefix(prefix: str, path: str) -> bool:
-    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+    return not prefix or path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def _reaches_into(pattern: str, directory: str) -> bool:
+    """Could ``pattern`` name something below ``directory``, segment by segment?
+
+    "src/*/x.py" reaches into "src/sub"; "src/*.py" does not reach into
+    "src/a.txt" (read as a file name: "*" stays within one segment here).
+    """
+    segments, parts = pattern.split("/"), directory.split("/") if directory else []
+    for index, part in enumerate(parts):
+        if index >= len(segments):
+            return False
+        if "**" in segments[index]:
+            return True
+        if not fnmatchcase(part, segments[index]):
+            return False
+    return len(segments) > len(parts)
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:n]) for n in range(1, len(parts))]
 
 
 def paths_overlap(p: str, q: str) -> bool:
@@ -221,8 +246,11 @@ def paths_overlap(p: str, q: str) -> bool:
         return sp.endswith(sq) or sq.endswith(sp)
     pattern, literal = (p, q) if wild_p else (q, p)
     # fnmatch's "*" crosses "/", so "src/*" covers the whole tree below src/;
-    # a literal directory covers any glob that reaches into it.
-    return fnmatchcase(literal, pattern) or _is_dir_prefix(literal, _literal_prefix(pattern))
+    # a literal directory covers any glob that reaches into it, and a glob
+    # that names a directory covers the files below it.
+    return (fnmatchcase(literal, pattern) or _is_dir_prefix(literal, _literal_prefix(pattern))
+            or _reaches_into(pattern, literal)
+            or any(fnmatchcase(parent, pattern) for parent in _ancestors(literal)))
 
 
 def _literal_suffix(pattern: str) -> str:

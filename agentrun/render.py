@@ -95,7 +95,8 @@ def _dot(plan: Plan) -> str:
 
 
 def _mermaid_id(w: str) -> str:
-    return "n_" + "".join(c if c.isalnum() else "_" for c in w)
+    # Injective, so "a-b", "a_b" and "a.b" stay three nodes: "_" -> "__", others -> "_<hex>".
+    return "n_" + "".join(c if c.isascii() and c.isalnum() else "__" if c == "_" else f"_{ord(c):x}" for c in w)
 
 
 def _mermaid(plan: Plan) -> str:

@@ -49,7 +49,7 @@ class Scheduler:
             if ws_id not in self.done:
                 self._unfinished_in_wave[plan.wave_of[ws_id]] += 1
         for ws_id in blocked:
-            self._block(ws_id)
+            self._block_with_dependents(ws_id)
         self.initially_ready = [w for w in sorted(plan.workstreams)
                                 if w not in self.done and w not in self.blocked and self._missing[w] == 0]
         for ws_id in self.initially_ready:
@@ -75,6 +75,7 @@ class Scheduler:
         skipped: list[tuple] = []
         if self.running & self.exclusive:
             return chosen
+        held_back = False   # a candidate of the current wave was passed over for exclusion
         while free > 0 and self._heap:
             item = heapq.heappop(self._heap)
             ws_id = item[-1]
@@ -83,8 +84,9 @@ class Scheduler:
                 continue
             if not self._may_start(ws_id):
                 skipped.append(item)
-                if ws_id in self.exclusive and not skipped[:-1]:
+                if ws_id in self.exclusive and not held_back:
                     break  # the best candidate needs the machine to itself: drain, start nothing else
+                held_back = True
                 continue
             self._queued.discard(ws_id)
             self._start(ws_id)
@@ -110,18 +112,11 @@ class Scheduler:
     def mark_failed(self, ws_id: str) -> list[str]:
         """Record a final failure; returns the dependents now blocked (transitively)."""
         self._stop(ws_id)
+        self.waiting.discard(ws_id)
+        self._dequeue(ws_id)
         self.failed.add(ws_id)
         self._settle(ws_id)
-        blocked = []
-        stack = list(self.plan.children[ws_id])
-        while stack:
-            child = stack.pop()
-            if child in self.blocked or child in self.done:
-                continue
-            self._block(child)
-            blocked.append(child)
-            stack.extend(self.plan.children[child])
-        return sorted(blocked)
+        return self._block_dependents(ws_id)
 
     def defer(self, ws_id: str) -> None:
         """Take a running workstream out of the queue (waiting for its retry)."""
@@ -131,7 +126,7 @@ class Scheduler:
     def requeue(self, ws_id: str) -> None:
         """Put a deferred or interrupted workstream back into the ready queue."""
         self.waiting.discard(ws_id)
-        self.running.discard(ws_id)
+        self._stop(ws_id)   # releases its exclusion keys if it was still running
         self._push(ws_id)
 
     def release(self, ws_id: str) -> None:
@@ -162,13 +157,35 @@ class Scheduler:
             for k in self.keys[ws_id]:
                 self._held[k] -= 1
 
-    def _block(self, ws_id: str) -> None:
-        self.blocked.add(ws_id)
+    def _dequeue(self, ws_id: str) -> None:
         if ws_id in self._queued:
             self._queued.discard(ws_id)
             self._heap = [item for item in self._heap if item[-1] != ws_id]
             heapq.heapify(self._heap)
+
+    def _block(self, ws_id: str) -> bool:
+        """Block one workstream; False if it was already settled (never settle twice)."""
+        if ws_id in self.blocked or ws_id in self.done or ws_id in self.failed:
+            return False
+        self.blocked.add(ws_id)
+        self._dequeue(ws_id)
         self._settle(ws_id)
+        return True
+
+    def _block_dependents(self, ws_id: str) -> list[str]:
+        blocked = []
+        stack = list(self.plan.children[ws_id])
+        while stack:
+            child = stack.pop()
+            if self._block(child):
+                blocked.append(child)
+                stack.extend(self.plan.children[child])
+        return sorted(blocked)
+
+    def _block_with_dependents(self, ws_id: str) -> None:
+        """A workstream blocked before this scheduler existed: its dependents can never run either."""
+        self._block(ws_id)
+        self._block_dependents(ws_id)
 
     def _settle(self, ws_id: str) -> None:
         self._unfinished_in_wave[self.plan.wave_of[ws_id]] -= 1

@@ -265,9 +265,9 @@ class Source:
         return {w.id: w for w in self.workstreams}
 
 
-def _did_you_mean(name: str, options) -> str:
-    hint = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{hint[0]}'?" if hint else f"; known fields: {', '.join(sorted(options))}"
+def _did_you_mean(name: str, options, known: str = "fields") -> str:
+    hint = difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.6)
+    return f"; did you mean '{hint[0]}'?" if hint else f"; known {known}: {', '.join(sorted(options))}"
 
 
 def _check_fields(raw: dict[str, Any], where: str, problems: list[str], allowed) -> dict[str, Any]:
@@ -288,7 +288,8 @@ def parse_config(name: str, doc: dict[str, Any], problems: list[str]) -> dict[st
     """The ``[defaults]`` of an agentrun.toml, validated field by field."""
     for key in doc:
         if key not in CONFIG_SECTIONS:
-            problems.append(f"{name}: section '{key}': unknown section{_did_you_mean(key, CONFIG_SECTIONS)}")
+            hint = _did_you_mean(key, CONFIG_SECTIONS, "sections")
+            problems.append(f"{name}: section '{key}': unknown section{hint}")
     defaults = doc.get("defaults", {})
     if not isinstance(defaults, dict):
         problems.append(f"{name}: section 'defaults': expected a table")
@@ -330,6 +331,10 @@ def parse_documents(docs: list[tuple[str, Any]], config: dict[str, Any] | None =
     """Validate every document; return workstreams sorted by id or raise SpecError."""
     problems: list[str] = []
     defaults = parse_config(config_name, config or {}, problems)
+    raw_defaults = (config or {}).get("defaults")
+    # A run that is given but invalid (here or in [defaults]) is reported as
+    # such; "required" is only for a run given nowhere.
+    run_in_defaults = isinstance(raw_defaults, dict) and "run" in raw_defaults
     built: list[Workstream] = []
     seen: dict[str, str] = {}
     for name, doc in docs:
@@ -349,12 +354,12 @@ def parse_documents(docs: list[tuple[str, Any]], config: dict[str, Any] | None =
                 else:
                     seen[ws_id] = name
             merged = {**defaults, **values}
-            if "env" in defaults and "env" in values:
-                merged["env"] = {**defaults["env"], **values["env"]}
-            if "run" not in merged:
+            if "env" in merged:  # a fresh dict each: workstreams never share one env
+                merged["env"] = {**defaults.get("env", {}), **values.get("env", {})}
+            if "run" not in merged and "run" not in raw and not run_in_defaults:
                 problems.append(f"{where}: field 'run': required; give the command to run, "
                                 "e.g. run = \"pytest -q\"")
-            if len(problems) > before:
+            if len(problems) > before or "run" not in merged:
                 continue
             built.append(Workstream(source=name, **merged))
     by_id = {w.id: w for w in built}
@@ -365,7 +370,7 @@ def parse_documents(docs: list[tuple[str, Any]], config: dict[str, Any] | None =
                                 "a workstream cannot depend on itself")
             elif dep not in by_id and dep not in seen:
                 problems.append(f"{ws.source}: workstream '{ws.id}': field 'depends_on': unknown workstream "
-                                f"'{dep}'{_did_you_mean(dep, seen) if seen else ''}")
+                                f"'{dep}'{_did_you_mean(dep, seen, 'workstreams') if seen else ''}")
     for cycle in find_cycles(built):
         first = by_id[cycle[0]]
         problems.append(f"{first.source}: workstream '{first.id}': field 'depends_on': dependency cycle "
@@ -457,3 +462,17 @@ def load_source(source: str | Path) -> Source:
         raise SpecError(problems)
     defaults = config.get("defaults", {}) if isinstance(config, dict) else {}
     return Source(str(path), workstreams, defaults, [str(f) for f in files])
+
+
+def workstreams_from_snapshots(snapshots: list[dict[str, Any]], source: str) -> dict[str, Workstream]:
+    """Rebuild workstreams from the JSON snapshots a run recorded (already validated then)."""
+    problems: list[str] = []
+    out: dict[str, Workstream] = {}
+    for snap in snapshots:
+        raw = {k: v for k, v in snap.items() if v is not None and k in FIELDS}
+        values = _check_fields(raw, f"state DB snapshot of '{snap.get('id')}'", problems, FIELDS)
+        if values.get("id") and "run" in values:
+            out[values["id"]] = Workstream(source=source, **values)
+    if problems:
+        raise SpecError(problems)
+    return out

@@ -95,10 +95,10 @@ class StateStore:
         return self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
 
     def latest_run(self) -> sqlite3.Row | None:
-        return self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        return self.db.execute("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
 
     def runs(self, limit: int = 20) -> list[sqlite3.Row]:
-        return self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return self.db.execute("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT ?", (limit,)).fetchall()
 
     # --- workstream transitions ------------------------------------------------
     def set_status(self, run_id: str, ws_ids: Iterable[str], status: str, *, only_from: tuple[str, ...] = (),

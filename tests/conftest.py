@@ -50,7 +50,7 @@ class StateDB:
         self.db.row_factory = sqlite3.Row
 
     def latest_run(self):
-        return self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        return self.db.execute("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
 
     def workstreams(self, run_id: str) -> dict:
         rows = self.db.execute("SELECT * FROM workstreams WHERE run_id = ?", (run_id,)).fetchall()

@@ -49,7 +49,7 @@ def _latest_run(repo: Path) -> str | None:
         return None
     con = sqlite3.connect(db)
     try:
-        row = con.execute("SELECT id FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        row = con.execute("SELECT id FROM runs ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
     except sqlite3.OperationalError:
         return None
     finally:
