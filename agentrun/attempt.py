@@ -100,7 +100,7 @@ class Attempt:
     def _record_gate(self, phase, gate, status, exit_code, started, finished) -> None:
         self.store.record_gate(self.ctx.run_id, self.ws.id, self.job.attempt, phase, gate, status, exit_code,
                                started, finished)
-        kind = "gate_passed" if status in ("passed", "pre-existing") else "gate_failed"
+        kind = {"passed": "gate_passed", "pre-existing": "gate_preexisting"}.get(status, "gate_failed")
         self.events.emit(kind, self.ws.id, self.job.attempt, gate=gate, phase=phase, status=status)
 
     def _on_spawn(self, pid: int, pgid: int) -> None:
@@ -145,7 +145,6 @@ class Attempt:
                     return result
                 if result.status != "ok":
                     preexisting.add(name)
-                    self._record_gate("baseline", name, "pre-existing", result.exit_code, time.time(), time.time())
                     self.log(f"gate already fails on the base commit, reported as pre-existing: {name}")
 
         self.log(f"work: {ws.run.display()}")
@@ -202,7 +201,7 @@ def run_attempt(job: Job, ctx: RunContext, store: StateStore, events: EventLog, 
         return Completion(ws.id, job.attempt, "skipped", error="not ready when claimed")
     crashpoints.hit("after-claim")
     events.emit("ws_started", ws.id, job.attempt, lane=lane, worker=external_id)
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    log_fd = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         row = store.workstream(ctx.run_id, ws.id)
         attempt = Attempt(job, ctx, store, events, attempt_id, row, log_fd, cancel_fd)
@@ -214,11 +213,24 @@ def run_attempt(job: Job, ctx: RunContext, store: StateStore, events: EventLog, 
             result = attempt.run()
             attempt.cleanup()
         if result.error and result.status != "ok":
+            last = last_output_line(log_fd)
+            if last and result.error.startswith("exit code"):
+                result.error = f"{result.error}: {last}"
             attempt.log(result.error)
     finally:
         os.close(log_fd)
     crashpoints.hit("before-done")
     return record_outcome(job, ctx, store, events, attempt_id, result)
+
+
+def last_output_line(log_fd: int, window: int = 4096) -> str:
+    """The last line the command printed (agentrun's own notes skipped), for error summaries."""
+    size = os.fstat(log_fd).st_size
+    tail = os.pread(log_fd, min(size, window), max(0, size - window)).decode(errors="replace")
+    for line in reversed(tail.splitlines()):
+        if line.strip() and not line.startswith("[agentrun]"):
+            return line.strip()[:200]
+    return ""
 
 
 def record_outcome(job: Job, ctx: RunContext, store: StateStore, events: EventLog, attempt_id: int,

@@ -71,7 +71,10 @@ class LocalProcessBackend:
         try:
             for lane in lanes:
                 parent, child = _FORK.Pipe()
-                proc = _FORK.Process(target=_worker_main, args=(child, lane, self.ctx),
+                # The child must not keep the orchestrator's ends of any pipe, or it
+                # would never see EOF when the orchestrator dies.
+                theirs = [w.conn for w in self._workers] + [parent]
+                proc = _FORK.Process(target=_worker_main, args=(child, lane, self.ctx, theirs),
                                      name=f"agentrun-worker-{lane}", daemon=False)
                 proc.start()
                 child.close()
@@ -160,8 +163,10 @@ class LocalProcessBackend:
         return out
 
 
-def _worker_main(conn: Connection, lane: int, ctx: RunContext) -> None:
+def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list[Connection]) -> None:
     """Worker loop: run jobs until told to stop, the orchestrator goes away, or SIGTERM."""
+    for end in parent_ends:
+        end.close()
     # Ctrl-C reaches the whole foreground group; the orchestrator decides what
     # stops. SIGTERM means "stop the current command cleanly and exit".
     signal.signal(signal.SIGINT, signal.SIG_IGN)

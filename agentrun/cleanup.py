@@ -68,9 +68,17 @@ def clean(store: StateStore, layout: Layout, root: Path, run_id: str | None, eve
             report.freed_bytes += disk_usage(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
         if is_repo:
+            integration = f"agentrun/{run['id']}/integration"
             for branch in git.branches(root, f"agentrun/{run['id']}/"):
-                if branch.endswith("/integration") and not everything:
+                if branch == integration and not everything:
                     continue
+                if branch != integration and not (git.rev(root, integration) and
+                                                  git.is_ancestor(root, branch, integration)):
+                    # A result that never reached the integration branch (failed gate,
+                    # conflict): keep it reachable.
+                    ref = rescue_ref(run["id"], branch.rsplit("/", 1)[1], "result")
+                    git.update_ref(root, ref, git.rev(root, branch))
+                    report.rescued.append(f"{branch}: unmerged result kept as {ref}")
                 git.delete_branch(root, branch)
                 report.branches.append(branch)
         with store.write() as db:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from pathlib import Path
@@ -10,35 +9,26 @@ from pathlib import Path
 import click
 
 from . import cleanup, recovery, render, runner, status
+from .cli_common import handle_errors, state_dir_option
+from .cli_monitor import monitor
+from .cli_report import report
 from .durations import format_duration
-from .errors import EXIT_FAILED, AgentrunError, GitError, UsageError
+from .errors import EXIT_FAILED, GitError, UsageError
 from .integration import fast_forward
 from .layout import layout_for, project_root
 from .progress import display_for
 from .scheduler import SCHEDULES
 from .state import StateStore
 
-state_dir_option = click.option("--state-dir", type=click.Path(file_okay=False),
-                                help="State directory (default: .agentrun/ in the project root).")
-
-
-def handle_errors(fn):
-    """Turn AgentrunError into a one-line-per-problem message and its exit code."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except AgentrunError as exc:
-            for line in exc.lines():
-                click.echo(f"error: {line}", err=True)
-            sys.exit(exc.exit_code)
-    return wrapper
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="agentrun")
 def cli() -> None:
     """Run many units of development work in parallel under a dependency graph."""
+
+
+cli.add_command(report)
+cli.add_command(monitor)
 
 
 def _workers(parallel: bool, max_workers: int | None) -> int:

@@ -66,8 +66,12 @@ def dirty_files(root: Path) -> list[str]:
     return [line[3:] for line in text.splitlines() if line]
 
 
-def has_uncommitted(worktree: Path) -> bool:
-    return bool(out(worktree, "status", "--porcelain"))
+def has_uncommitted(worktree: Path, exclude: list[str] = ()) -> bool:
+    return bool(out(worktree, "status", "--porcelain", "--", ".", *_excludes(exclude)))
+
+
+def _excludes(paths) -> list[str]:
+    return [f":(exclude,literal){p}" for p in paths]
 
 
 def update_ref(root: Path, ref: str, new: str, old: str | None = None) -> None:
@@ -76,9 +80,9 @@ def update_ref(root: Path, ref: str, new: str, old: str | None = None) -> None:
     run(root, *args)
 
 
-def commit_all(worktree: Path, message: str) -> str | None:
-    """Commit every change (tracked, untracked, deleted); None when there is nothing to commit."""
-    run(worktree, "add", "-A")
+def commit_all(worktree: Path, message: str, exclude: list[str] = ()) -> str | None:
+    """Commit every change (tracked, untracked, deleted) but ``exclude``; None when there is nothing."""
+    run(worktree, "add", "-A", "--", ".", *_excludes(exclude))
     if run(worktree, "diff", "--cached", "--quiet", check=False).returncode == 0:
         return None
     run(worktree, "commit", "-q", "--no-verify", "-m", message, env=_IDENTITY)
@@ -157,6 +161,17 @@ def delete_branch(root: Path, branch: str) -> None:
 def branches(root: Path, pattern: str) -> list[str]:
     text = out(root, "for-each-ref", "--format=%(refname:short)", f"refs/heads/{pattern}")
     return [line for line in text.splitlines() if line]
+
+
+def worktree_of_branch(root: Path, branch: str) -> Path | None:
+    """The worktree (main or linked) that has ``branch`` checked out, if any."""
+    path = None
+    for line in out(root, "worktree", "list", "--porcelain").splitlines():
+        if line.startswith("worktree "):
+            path = Path(line[len("worktree "):])
+        elif line == f"branch refs/heads/{branch}":
+            return path
+    return None
 
 
 def is_ancestor(root: Path, older: str, newer: str) -> bool:

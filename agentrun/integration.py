@@ -19,7 +19,7 @@ from filelock import FileLock
 
 from . import crashpoints, git
 from .executors import AttemptContext, ExecResult, run_command
-from .spec import Command, Workstream
+from .spec import Workstream
 
 TRAILER = "Agentrun-Workstream"
 
@@ -58,6 +58,7 @@ class Workspace:
     base: str | None = None
     commit: str | None = None
     changed: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)     # untracked config copied in: never part of the result
 
 
 def rescue_and_remove(repo: Path, path: Path, ref: str) -> str | None:
@@ -94,6 +95,7 @@ def prepare_workspace(gr: GitRun, worktrees_dir: Path, run_id: str, ws: Workstre
         raise RuntimeError(f"integration branch {gr.integration_branch} is missing")
     branch = ws_branch(run_id, ws.id)
     git.worktree_add(gr.repo, path, branch, base)
+    copied: list[str] = []
     for pattern in ws.copy_untracked:
         for src in sorted(gr.repo.glob(pattern)):
             if src.is_file():
@@ -101,8 +103,9 @@ def prepare_workspace(gr: GitRun, worktrees_dir: Path, run_id: str, ws: Workstre
                 dest = path / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dest)
-                log(f"copied untracked {rel}")
-    return Workspace(path, True, branch, base)
+                copied.append(str(rel))
+                log(f"copied untracked {rel} (never committed)")
+    return Workspace(path, True, branch, base, copied=copied)
 
 
 def in_scope(path: str, patterns: tuple[str, ...]) -> bool:
@@ -123,9 +126,11 @@ class GateRunner:
     record: object          # callable(phase, gate, status, exit_code, started, finished)
     log: object             # callable(str)
 
-    def run(self, phase: str, workdir: Path, gates: tuple[Command, ...] | None = None) -> dict[str, ExecResult]:
+    def run(self, phase: str, workdir: Path, excused: set[str] = frozenset()) -> dict[str, ExecResult]:
+        """Run every gate; a failure of a gate in ``excused`` (or any failure in the baseline
+        phase) is recorded as ``pre-existing``."""
         results: dict[str, ExecResult] = {}
-        for gate in gates if gates is not None else self.ws.gates:
+        for gate in self.ws.gates:
             name = gate.display()
             self.log(f"gate ({phase}): {name}")
             started = time.time()
@@ -135,6 +140,8 @@ class GateRunner:
             result = run_command(gate, ctx, timeout=self.ws.timeout)
             results[name] = result
             status = "passed" if result.status == "ok" else result.status
+            if status in ("failed", "timeout") and (phase == "baseline" or name in excused):
+                status = "pre-existing"
             self.record(phase, name, status, result.exit_code, started, time.time())
             self.log(f"gate ({phase}) {status}: {name}")
             if result.status == "cancelled":
@@ -146,7 +153,7 @@ def verify(ws: Workstream, wsp: Workspace, gates: GateRunner, workdir: Path, mes
            preexisting: set[str]) -> ExecResult | None:
     """Commit the attempt's work and check it. None when verified, else the failure."""
     if wsp.isolated:
-        wsp.commit = git.commit_all(wsp.path, message) or wsp.base
+        wsp.commit = git.commit_all(wsp.path, message, exclude=wsp.copied) or wsp.base
         wsp.changed = git.changed_files(wsp.path, wsp.base, wsp.commit) if wsp.commit != wsp.base else []
         if ws.changes_expected and not wsp.changed:
             return ExecResult("failed", error="no changes: the command exited 0 but changed no file "
@@ -157,7 +164,7 @@ def verify(ws: Workstream, wsp: Workspace, gates: GateRunner, workdir: Path, mes
             if ws.scope == "fail":
                 return ExecResult("failed", error=f"scope: {note}")
             gates.log(f"warning: scope: {note}")
-    results = gates.run("verify", workdir)
+    results = gates.run("verify", workdir, preexisting)
     for name, result in results.items():
         if result.status == "cancelled":
             return result
@@ -190,6 +197,15 @@ def integrate(gr: GitRun, run_id: str, ws: Workstream, wsp: Workspace, gates: Ga
             return Integrated("integrated", done, on_integrated(done))
         if wsp.commit == wsp.base and not wsp.changed:
             return Integrated("integrated", tip, None)  # nothing to integrate (read-only work)
+        if git.has_uncommitted(wsp.path, exclude=wsp.copied):
+            # Gates left files behind: keep them, but out of the way of the rebase.
+            ref = rescue_ref(run_id, ws.id, "gate-leftovers")
+            sha = git.snapshot_tree(wsp.path, f"agentrun: files left by the gates of {ws.id}")
+            if sha:
+                git.update_ref(gr.repo, ref, sha)
+                log(f"gates left uncommitted changes; saved as {ref}, not integrated")
+            git.run(wsp.path, "reset", "-q", "--hard")
+            git.run(wsp.path, "clean", "-q", "-fd", *[f"--exclude={c}" for c in wsp.copied])
         if not git.is_ancestor(wsp.path, tip, "HEAD"):
             if ws.merge == "rebase":
                 proc = git.run(wsp.path, "rebase", "-q", tip, check=False, env=git._IDENTITY)
@@ -201,11 +217,17 @@ def integrate(gr: GitRun, run_id: str, ws: Workstream, wsp: Workspace, gates: Ga
             if proc.returncode != 0:
                 files = git.unmerged_files(wsp.path)
                 git.run(wsp.path, *abort, check=False)
-                log(f"conflict integrating onto {tip[:12]}: {', '.join(files) or proc.stderr.strip()}")
-                return Integrated("conflict", conflict_files=files,
-                                  error=f"conflict in {', '.join(files) or 'the tree'}")
+                if not files:
+                    detail = (proc.stderr or proc.stdout).strip().splitlines()
+                    return Integrated("failed", error=f"could not {ws.merge} onto the integration branch: "
+                                                      f"{detail[-1] if detail else proc.returncode}")
+                log(f"conflict integrating onto {tip[:12]}: {', '.join(files)}")
+                return Integrated("conflict", conflict_files=files, error=f"conflict in {', '.join(files)}")
+            if git.rev(wsp.path, "HEAD") == tip:
+                log("the same change is already on the integration branch; nothing to merge")
+                return Integrated("integrated", None, None)
             if ws.gate_after_merge and ws.gates:
-                results = gates.run("after_merge", workdir)
+                results = gates.run("after_merge", workdir, preexisting)
                 bad = [n for n, r in results.items() if r.status != "ok" and n not in preexisting]
                 if any(r.status == "cancelled" for r in results.values()):
                     return Integrated("cancelled", error="stopped: run interrupted")

@@ -89,9 +89,16 @@ def check_git(options: RunOptions, plan: Plan, root: Path) -> tuple[bool, list[s
                          "base, or set isolation = \"none\"")
     notes = []
     if options.into:
+        if not isolated:
+            raise UsageError("--into: no workstream runs in a worktree (all have isolation = \"none\"), "
+                             "so nothing is integrated to fast-forward to")
         if git.rev(root, f"refs/heads/{options.into}") is None:
             raise UsageError(f"--into: unknown branch '{options.into}'; create it first or name an existing branch")
-        if git.current_branch(root) == options.into and git.dirty_files(root):
+        holder = git.worktree_of_branch(root, options.into)
+        if holder is not None and holder.resolve() != root.resolve():
+            raise UsageError(f"--into: branch '{options.into}' is checked out in another worktree ({holder}); "
+                             "agentrun would move it behind that checkout's back")
+        if holder is not None and git.dirty_files(root):
             raise UsageError(f"--into: branch '{options.into}' is checked out with uncommitted changes; "
                              "commit or stash them first")
     if isolated and git.dirty_files(root):
@@ -377,7 +384,7 @@ class Orchestrator:
         elif c.status == "retrying":
             sched.defer(c.ws_id)
             heapq.heappush(self.retry_heap, (c.retry_at or time.time(), c.ws_id))
-        elif c.status == "failed":
+        elif c.status in ("failed", "conflict"):
             blocked = sched.mark_failed(c.ws_id)
             if blocked:
                 self.store.set_status(self.run_id, blocked, "blocked", error=f"dependency '{c.ws_id}' failed",

@@ -1,0 +1,140 @@
+"""Model presets, user model entries, and which model each workstream gets. Pure core."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+OPENROUTER = "https://openrouter.ai/api/v1"
+EDIT_FORMATS = ("diff", "whole")
+DEFAULT_MODEL = "deepseek-chat"
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    id: str                              # the provider's model id
+    base_url: str = OPENROUTER
+    api_key_env: str | None = "OPENROUTER_API_KEY"
+    context_window: int = 32_768
+    edit_format: str = "diff"
+    input_cost_per_mtok: float | None = None    # USD per million prompt tokens; None = unknown
+    output_cost_per_mtok: float | None = None
+    max_output_tokens: int = 4096
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """Price from the table; None (unknown), never 0, when the table has no price."""
+        if self.input_cost_per_mtok is None or self.output_cost_per_mtok is None:
+            return None
+        return (prompt_tokens * self.input_cost_per_mtok + completion_tokens * self.output_cost_per_mtok) / 1e6
+
+    @property
+    def is_local(self) -> bool:
+        host = self.base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+        return host in ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+# Prices in USD per million tokens as listed by OpenRouter (2026); context windows in tokens.
+PRESETS: dict[str, Model] = {m.name: m for m in (
+    Model("deepseek-chat", "deepseek/deepseek-chat-v3.1", context_window=163_840, edit_format="diff",
+          input_cost_per_mtok=0.27, output_cost_per_mtok=1.10, max_output_tokens=8192),
+    Model("deepseek-r1", "deepseek/deepseek-r1", context_window=163_840, edit_format="diff",
+          input_cost_per_mtok=0.55, output_cost_per_mtok=2.19, max_output_tokens=8192),
+    Model("gemini-flash", "google/gemini-2.5-flash", context_window=1_048_576, edit_format="diff",
+          input_cost_per_mtok=0.30, output_cost_per_mtok=2.50, max_output_tokens=8192),
+    Model("llama-3.3", "meta-llama/llama-3.3-70b-instruct", context_window=131_072, edit_format="whole",
+          input_cost_per_mtok=0.13, output_cost_per_mtok=0.39),
+    Model("mistral-small", "mistralai/mistral-small-3.2-24b-instruct", context_window=131_072,
+          edit_format="whole", input_cost_per_mtok=0.10, output_cost_per_mtok=0.30),
+    Model("qwen-coder", "qwen/qwen-2.5-coder-32b-instruct", context_window=32_768, edit_format="whole",
+          input_cost_per_mtok=0.07, output_cost_per_mtok=0.16),
+    Model("gpt-4o-mini", "gpt-4o-mini", base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY",
+          context_window=128_000, edit_format="diff", input_cost_per_mtok=0.15, output_cost_per_mtok=0.60),
+    Model("local", "local", base_url="http://127.0.0.1:8080/v1", api_key_env=None, context_window=8192,
+          edit_format="whole", input_cost_per_mtok=0.0, output_cost_per_mtok=0.0),
+)}
+
+MODEL_FIELDS = {"id": str, "base_url": str, "api_key_env": str, "context_window": int, "edit_format": str,
+                "input_cost_per_mtok": float, "output_cost_per_mtok": float, "max_output_tokens": int}
+
+
+def parse_models(section: Any, where: str, problems: list[str]) -> dict[str, Model]:
+    """``[models.NAME]`` tables: new entries, or overrides of a preset's fields."""
+    out: dict[str, Model] = {}
+    if not isinstance(section, dict):
+        problems.append(f"{where}: section 'models': expected [models.NAME] tables")
+        return out
+    for name, fields in section.items():
+        if not isinstance(fields, dict):
+            problems.append(f"{where}: [models.{name}]: expected a table")
+            continue
+        values: dict[str, Any] = {}
+        for key, value in fields.items():
+            kind = MODEL_FIELDS.get(key)
+            if kind is None:
+                hint = difflib.get_close_matches(key, MODEL_FIELDS, n=1)
+                problems.append(f"{where}: [models.{name}] field '{key}': unknown field"
+                                + (f"; did you mean '{hint[0]}'?" if hint else ""))
+                continue
+            ok = isinstance(value, kind) and not isinstance(value, bool)
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value, ok = float(value), True
+            if not ok or (kind in (int, float) and value < 0):
+                problems.append(f"{where}: [models.{name}] field '{key}': expected a "
+                                f"{'non-negative number' if kind in (int, float) else 'string'}")
+                continue
+            if key == "edit_format" and value not in EDIT_FORMATS:
+                problems.append(f"{where}: [models.{name}] field 'edit_format': use \"diff\" or \"whole\"")
+                continue
+            values[key] = value
+        base = PRESETS.get(name)
+        if base is None and "id" not in values:
+            problems.append(f"{where}: [models.{name}] field 'id': required for a model that is not a preset "
+                            f"(presets: {', '.join(sorted(PRESETS))})")
+            continue
+        if base is None:
+            base = Model(name, values["id"], input_cost_per_mtok=None, output_cost_per_mtok=None)
+        out[name] = replace(base, name=name, **values)
+    return out
+
+
+def resolve(name: str, models: Mapping[str, Model]) -> Model:
+    """A model by name: user entries, then presets, then a full provider id ("vendor/model").
+
+    Raises ValueError naming the closest known names.
+    """
+    if name in models:
+        return models[name]
+    if name in PRESETS:
+        return PRESETS[name]
+    if "/" in name:
+        # A provider id written directly: OpenRouter, price unknown unless it matches a preset's id.
+        for preset in PRESETS.values():
+            if preset.id == name:
+                return replace(preset, name=name)
+        return Model(name, name, input_cost_per_mtok=None, output_cost_per_mtok=None)
+    known = sorted(set(models) | set(PRESETS))
+    hints = difflib.get_close_matches(name, known, n=3)
+    hint = f"did you mean {', '.join(hints)}?" if hints else f"known models: {', '.join(known)}"
+    raise ValueError(f"unknown model '{name}'; {hint} (or write a provider id such as 'vendor/model')")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Model selection rules from ``[defaults]``."""
+
+    default: str = DEFAULT_MODEL
+    by_complexity: Mapping[str, str] | None = None
+    by_type: Mapping[str, str] | None = None
+
+
+def select_model(ws_model: str | None, ws_type: str, complexity: str, rules: Rules) -> tuple[str, str]:
+    """(model name, why): the workstream's own, else by complexity, else by type, else the default."""
+    if ws_model:
+        return ws_model, "workstream"
+    if rules.by_complexity and complexity in rules.by_complexity:
+        return rules.by_complexity[complexity], f"complexity = {complexity}"
+    if rules.by_type and ws_type in rules.by_type:
+        return rules.by_type[ws_type], f"type = {ws_type}"
+    return rules.default, "default"
