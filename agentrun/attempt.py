@@ -20,11 +20,14 @@ from pathlib import Path
 
 from . import crashpoints, policy, procs
 from .events import EventLog
-from .executors import AttemptContext, ExecResult, executor_for, run_command
+from .agent import Conversation, LLMAgentExecutor, read_new_output
+from .executors import AttemptContext, CommandExecutor, ExecResult, Executor, run_command
 from .integration import (GateRunner, GitRun, Workspace, commit_message, free_port, integrate, make_tmpdir,
                           prepare_workspace, rescue_and_remove, rescue_ref, verify)
 from .layout import Layout
-from .spec import Workstream
+from .llm_call import ModelCaller
+from .llm_shared import SharedLLMState
+from .spec import Budget, LLMSettings, Workstream
 from .state import StateStore
 
 ATTEMPT_HEARTBEAT_SECONDS = 5.0
@@ -56,9 +59,15 @@ class RunContext:
     max_attempts: dict[str, int]
     base_env: dict[str, str]
     git: GitRun | None = None
+    llm: LLMSettings | None = None
+    max_workers: int = 1
 
     def isolated(self, ws: Workstream) -> bool:
         return self.git is not None and ws.isolation != "none"
+
+
+def conversation_path(layout: Layout, run_id: str, ws_id: str, attempt: int) -> Path:
+    return layout.run_dir(run_id) / "conversations" / f"{ws_id}.{attempt}.jsonl"
 
 
 def attempt_env(ctx: RunContext, ws: Workstream, attempt: int, workdir: Path,
@@ -147,8 +156,9 @@ class Attempt:
                     preexisting.add(name)
                     self.log(f"gate already fails on the base commit, reported as pre-existing: {name}")
 
-        self.log(f"work: {ws.run.display()}")
-        result = executor_for(ws).execute(ws, actx)
+        executor = self._executor(gates, workdir)
+        self.log(f"work: {ws.run.display() if ws.run else 'agent = ' + ws.agent}")
+        result = executor.execute(ws, actx)
         if result.status != "ok":
             return result
 
@@ -172,6 +182,28 @@ class Attempt:
             detail = f" (already integrated there: {', '.join(others)})" if others else ""
             return ExecResult("conflict", error=f"{outcome.error}{detail}")
         return ExecResult(outcome.status, error=outcome.error)
+
+    def _executor(self, gates: GateRunner, workdir: Path) -> Executor:
+        """How the work is done: the command, or the built-in LLM agent."""
+        ws, ctx = self.ws, self.ctx
+        if not ws.agent:
+            return CommandExecutor()
+        chain = ctx.llm.chain_for(ws)
+        shared = SharedLLMState(self.store, ctx.run_id)
+        caller = ModelCaller(shared, self.events, ws_id=ws.id, attempt=self.job.attempt, chain=chain,
+                             ws_budget=Budget(ws.max_cost_usd, ws.max_tokens, mode="hard"),
+                             run_budget=ctx.llm.budget, max_concurrent=max(1, ctx.max_workers),
+                             cancel_fd=self.cancel_fd)
+
+        def run_gates():
+            start = os.fstat(self.log_fd).st_size
+            results = gates.run("agent", workdir)
+            output = read_new_output(self.log_fd, start)
+            return [(name, result, output) for name, result in results.items()]
+
+        conversation = Conversation(conversation_path(ctx.layout, ctx.run_id, ws.id, self.job.attempt))
+        return LLMAgentExecutor(caller, chain, self.wsp.path, conversation, run_gates, self.log,
+                                calibration=shared.calibration(chain[0].id))
 
     def _on_integrated(self, commit: str) -> int:
         seq = self.store.mark_integrated(self.ctx.run_id, self.ws.id, commit, self.wsp.changed)

@@ -17,7 +17,10 @@ from .errors import EXIT_FAILED, GitError, UsageError
 from .integration import fast_forward
 from .layout import layout_for, project_root
 from .progress import display_for
+from .attempt import conversation_path
+from .models_view import model_table, render_conversation
 from .scheduler import SCHEDULES
+from .spec import BUDGET_MODES
 from .state import StateStore
 
 
@@ -50,7 +53,8 @@ def plan(source, max_workers, fmt, ws_ids, with_deps, state_dir) -> None:
     opts = runner.RunOptions(source=source, max_workers=_workers(True, max_workers), ws_ids=ws_ids,
                              with_deps=with_deps, state_dir=state_dir)
     prep = runner.prepare(opts)
-    click.echo(render.render_plan(prep.plan, opts.max_workers, fmt, title=source))
+    click.echo(render.render_plan(prep.plan, opts.max_workers, fmt, title=source, llm=prep.source.llm,
+                                  root=prep.root))
 
 
 @cli.command()
@@ -65,24 +69,30 @@ def plan(source, max_workers, fmt, ws_ids, with_deps, state_dir) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan and run nothing.")
 @click.option("--into", metavar="BRANCH", help="At the end, fast-forward BRANCH to the integration branch "
               "if every workstream is done.")
+@click.option("--budget", "budget_usd", type=click.FloatRange(min=0), default=None, metavar="USD",
+              help="Run budget in US dollars for model calls (overrides [budget] max_cost_usd).")
+@click.option("--budget-mode", type=click.Choice(BUDGET_MODES), default=None,
+              help="warn: log and go on; soft: start nothing new; hard: stop running work now.")
 @click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue RUN_ID instead (same as `agentrun resume`).")
 @click.option("--accept-changes", is_flag=True, help="With --resume: use edited workstream files.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output, only the final summary.")
 @state_dir_option
 @handle_errors
-def run(source, parallel, max_workers, ws_ids, with_deps, schedule, fail_fast, dry_run, into, resume_id,
-        accept_changes, quiet, state_dir) -> None:
+def run(source, parallel, max_workers, ws_ids, with_deps, schedule, fail_fast, dry_run, into, budget_usd,
+        budget_mode, resume_id, accept_changes, quiet, state_dir) -> None:
     """Run the workstreams in SOURCE (default: waves/)."""
     if resume_id:
         sys.exit(_resume(resume_id, accept_changes, max_workers, quiet, state_dir))
     opts = runner.RunOptions(source=source, max_workers=_workers(parallel, max_workers), schedule=schedule,
                              fail_fast=fail_fast, ws_ids=ws_ids, with_deps=with_deps, state_dir=state_dir,
-                             into=into)
+                             into=into, budget_usd=budget_usd, budget_mode=budget_mode)
     prep = runner.prepare(opts)
     if dry_run:
-        click.echo(render.render_plan(prep.plan, opts.max_workers, "text", title=source))
+        click.echo(render.render_plan(prep.plan, opts.max_workers, "text", title=source,
+                                      llm=prep.source.llm, root=prep.root))
         click.echo("dry run: nothing was run or written")
         return
+    runner.preflight(prep.source.llm, prep.plan)
     for note in prep.notes:
         click.echo(f"note: {note}", err=True)
     store, run_id = runner.create_run(prep)
@@ -119,6 +129,8 @@ def _summary(result: runner.RunResult, layout, root, opts) -> int:
                 click.echo(f"  {r['ws_id']}: {r['worktree']}")
     finally:
         store.close()
+    if run_row["fatal_error"]:
+        click.echo(f"error: the run was stopped early: {run_row['fatal_error']}", err=True)
     if run_row["integration_branch"]:
         merged = sum(1 for r in rows if r["integrated_commit"])
         click.echo(f"integration branch: {run_row['integration_branch']} ({merged} results merged)")
@@ -226,19 +238,47 @@ def status_cmd(run_id, state_dir) -> None:
 @click.argument("run_id")
 @click.argument("ws_id")
 @click.option("--attempt", type=int, default=None, help="Attempt number (default: the latest).")
+@click.option("--conversation", is_flag=True, help="Show the LLM agent's conversation instead of the log.")
 @state_dir_option
 @handle_errors
-def logs(run_id, ws_id, attempt, state_dir) -> None:
+def logs(run_id, ws_id, attempt, conversation, state_dir) -> None:
     """Print the log of workstream WS_ID in run RUN_ID."""
-    store = status.open_readonly(layout_for(state_dir, project_root()))
+    layout = layout_for(state_dir, project_root())
+    store = status.open_readonly(layout)
     try:
         path = status.log_path(store, run_id, ws_id, attempt)
+        number = attempt or store.attempts(run_id, ws_id)[-1]["attempt"]
     finally:
         store.close()
+    if conversation:
+        conv = conversation_path(layout, run_id, ws_id, number)
+        if not conv.is_file():
+            raise UsageError(f"workstream '{ws_id}' attempt {number} has no conversation (not an agent workstream?)")
+        click.echo(render_conversation(conv))
+        return
     if not Path(path).is_file():
         raise click.ClickException(f"log file {path} is missing")
     with open(path, "rb") as fh:
         sys.stdout.buffer.write(fh.read())
+
+
+@cli.command()
+@click.argument("source", default="waves", required=False)
+@state_dir_option
+@handle_errors
+def models(source, state_dir) -> None:
+    """List model presets and entries, and the model each agent workstream in SOURCE would get."""
+    settings, rows = model_table(source)
+    click.echo(f"{'name':<16} {'provider id':<44} {'window':>9} {'edits':<6} {'$/Mtok in':>9} {'$/Mtok out':>10}  key")
+    for m in settings:
+        price = lambda v: "unknown" if v is None else f"{v:.2f}"
+        click.echo(f"{m.name:<16} {m.id:<44} {m.context_window:>9} {m.edit_format:<6} "
+                   f"{price(m.input_cost_per_mtok):>9} {price(m.output_cost_per_mtok):>10}  {m.api_key_env or '-'}")
+    if rows:
+        click.echo("")
+        click.echo(f"{'workstream':<32} {'model':<16} {'why':<22} fallbacks")
+        for ws_id, name, why, fallbacks in rows:
+            click.echo(f"{ws_id:<32} {name:<16} {why:<22} {', '.join(fallbacks) or '-'}")
 
 
 @cli.command()

@@ -2,8 +2,8 @@
 
 An executor gets an ``AttemptContext`` (where to work, environment, log,
 limits, a cancel descriptor) and returns an ``ExecResult``. It knows nothing
-of SQL, scheduling or git. Today there is one executor, ``CommandExecutor``,
-for ``run = ...``; the built-in LLM agent and external agent CLIs plug in here.
+of SQL, scheduling or git. ``CommandExecutor`` runs ``run = ...``;
+``agent.LLMAgentExecutor`` is the built-in LLM agent; external agent CLIs plug in here.
 """
 
 from __future__ import annotations
@@ -71,6 +71,3 @@ class CommandExecutor:
     def execute(self, ws: Workstream, ctx: AttemptContext) -> ExecResult:
         return run_command(ws.run, ctx, timeout=ctx.timeout)
 
-
-def executor_for(ws: Workstream) -> Executor:
-    return CommandExecutor()

@@ -94,7 +94,12 @@ def parse_models(section: Any, where: str, problems: list[str]) -> dict[str, Mod
                             f"(presets: {', '.join(sorted(PRESETS))})")
             continue
         if base is None:
-            base = Model(name, values["id"], input_cost_per_mtok=None, output_cost_per_mtok=None)
+            # A new entry needs a key only for OpenRouter, unless it names one.
+            url = values.get("base_url", OPENROUTER)
+            base = Model(name, values["id"], api_key_env="OPENROUTER_API_KEY" if url == OPENROUTER else None,
+                         input_cost_per_mtok=None, output_cost_per_mtok=None)
+        if values.get("api_key_env") == "":
+            values["api_key_env"] = None  # api_key_env = "" : a keyless server
         out[name] = replace(base, name=name, **values)
     return out
 

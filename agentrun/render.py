@@ -32,14 +32,47 @@ def plan_summary(plan: Plan, workers: int) -> dict:
     }
 
 
-def render_plan(plan: Plan, workers: int, fmt: str, title: str = "") -> str:
+def render_plan(plan: Plan, workers: int, fmt: str, title: str = "", llm=None, root=None) -> str:
+    costs = _llm_estimates(plan, llm, root) if llm is not None and root is not None else {}
     if fmt == "json":
-        return json.dumps(plan_summary(plan, workers), indent=2)
+        summary = plan_summary(plan, workers)
+        if costs:
+            summary["llm_estimates"] = {w: {"model": m, "prompt_tokens": p, "completion_tokens": c, "cost_usd": usd}
+                                        for w, (m, p, c, usd) in costs.items()}
+        return json.dumps(summary, indent=2)
     if fmt == "dot":
         return _dot(plan)
     if fmt == "mermaid":
         return _mermaid(plan)
-    return _text(plan, workers, title)
+    text = _text(plan, workers, title)
+    if costs:
+        text += "\n" + _costs_text(costs, plan)
+    return text
+
+
+def _llm_estimates(plan: Plan, llm, root) -> dict:
+    from .models_view import estimate_call  # only plans with agent workstreams need it
+    out = {}
+    for w, ws in sorted(plan.workstreams.items()):
+        if ws.agent:
+            prompt, completion, cost = estimate_call(ws, llm, root)
+            out[w] = (ws.model, prompt, completion, cost)
+    return out
+
+
+def _costs_text(costs: dict, plan: Plan) -> str:
+    lines = ["model calls (one round each; every repair adds about one more):"]
+    total, unknown = 0.0, []
+    for w, (model, prompt, completion, cost) in costs.items():
+        shown = "unknown price" if cost is None else f"${cost:.4f}"
+        lines.append(f"  {w:<28} {model:<16} ~{prompt} in / ~{completion} out  {shown}")
+        if cost is None:
+            unknown.append(w)
+        else:
+            total += cost * (1 + plan.workstreams[w].max_repairs / 2)
+    lines.append(f"estimated cost with half the repairs used: ${total:.4f}"
+                 + (f" (+ unknown for {', '.join(unknown)})" if unknown else ""))
+    return "\n".join(lines)
 
 
 def _est(plan: Plan, w: str) -> str:

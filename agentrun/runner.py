@@ -13,19 +13,20 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import crashpoints, git, policy, procs, recovery
+from . import crashpoints, git, llm_call, policy, procs, recovery
 from .attempt import Completion, Job, RunContext
 from .backends import LocalProcessBackend
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SpecError, StateError, UsageError
 from .events import EventLog
 from .integration import GitRun, integration_branch
+from .llm_shared import SharedLLMState
 from .layout import Layout, layout_for, new_run_id, project_root
 from .planner import Plan, build_plan, select
 from .scheduler import SCHEDULES, Scheduler
-from .spec import Source, load_source, workstreams_from_snapshots
+from .spec import LLMSettings, Source, load_source, workstreams_from_snapshots
 from .state import StateStore, json_dumps
 
 RUN_HEARTBEAT_SECONDS = 2.0
@@ -41,6 +42,8 @@ class RunOptions:
     with_deps: bool = False
     state_dir: str | None = None
     into: str | None = None
+    budget_usd: float | None = None
+    budget_mode: str | None = None
 
 
 @dataclass
@@ -69,7 +72,21 @@ def prepare(options: RunOptions, cwd: Path | None = None) -> Prepared:
     layout = layout_for(options.state_dir, root)
     plan = build_plan(chosen, read_history(layout, [w.id for w in chosen]))
     use_git, notes = check_git(options, plan, root)
+    if options.budget_usd is not None or options.budget_mode is not None:
+        current = source.llm.budget
+        source.llm.budget = replace(current, max_cost_usd=options.budget_usd if options.budget_usd is not None
+                                    else current.max_cost_usd, mode=options.budget_mode or current.mode)
     return Prepared(options, source, plan, root, layout, use_git, notes)
+
+
+def preflight(settings: LLMSettings, plan: Plan) -> None:
+    """Before a run with agent workstreams: every primary model has its API key and its endpoint answers."""
+    chains = {w: settings.chain_for(ws) for w, ws in plan.workstreams.items() if ws.agent}
+    if not chains:
+        return
+    problems = llm_call.preflight(chains)
+    if problems:
+        raise SpecError(problems)
 
 
 def check_git(options: RunOptions, plan: Plan, root: Path) -> tuple[bool, list[str]]:
@@ -145,7 +162,7 @@ def create_run(prep: Prepared) -> tuple[StateStore, str]:
         "id": run_id, "source": str(Path(opts.source).resolve()), "project_root": str(prep.root),
         "options": json_dumps({"max_workers": opts.max_workers, "schedule": opts.schedule,
                                "fail_fast": opts.fail_fast, "ws_ids": list(opts.ws_ids),
-                               "with_deps": opts.with_deps}),
+                               "with_deps": opts.with_deps, "llm": prep.source.llm.to_json()}),
         "status": "running", "created_at": time.time(), "max_workers": opts.max_workers,
         "schedule": opts.schedule, "spec_hash": json_dumps(sorted(hashes.items())),
         "notes": json_dumps(prep.notes), **git_fields,
@@ -267,10 +284,16 @@ class Orchestrator:
 
     def __post_init__(self) -> None:
         self.events = EventLog(self.layout.events_path(self.run_id), self.run_id)
+        run_row = self.store.run(self.run_id)
+        self.llm = LLMSettings.from_json(json.loads(run_row["options"]).get("llm", {}))
         self.ctx = RunContext(
             run_id=self.run_id, root=self.root, layout=self.layout, workstreams=self.plan.workstreams,
             max_attempts={w: ws.retries + 1 for w, ws in self.plan.workstreams.items()},
-            base_env=dict(os.environ), git=git_run_for(self.store.run(self.run_id), self.layout))
+            base_env=dict(os.environ), git=git_run_for(run_row, self.layout), llm=self.llm,
+            max_workers=self.options.max_workers)
+        self.uses_llm = any(ws.agent for ws in self.plan.workstreams.values())
+        self.draining: str | None = None   # set: start nothing new, let running work finish
+        self._budget_events: set[str] = set()
         self.attempts: dict[str, int] = {}
         self.started: dict[str, float] = {}
         self.retry_heap: list[tuple[float, str]] = []
@@ -326,14 +349,17 @@ class Orchestrator:
         last_beat = time.monotonic()
         try:
             while self.stop_reason is None:
-                self._dispatch(backend)
-                if self.sched.finished():
+                if self.draining is None:
+                    self._dispatch(backend)
+                if self.sched.finished() or (self.draining and not self.sched.running):
                     break
                 crashpoints.hit("orchestrator-loop")
                 completions = backend.poll(self._poll_timeout(), [wake_r])
                 _drain(wake_r)
                 for c in completions:
                     self._handle(c)
+                if self.uses_llm and (completions or time.monotonic() - last_beat >= RUN_HEARTBEAT_SECONDS):
+                    self._check_llm_limits()
                 self._release_due_retries()
                 if time.monotonic() - last_beat >= RUN_HEARTBEAT_SECONDS:
                     self.store.update_run(self.run_id, heartbeat_at=time.time())
@@ -415,6 +441,33 @@ class Orchestrator:
             self.events.emit("ws_retrying", c.ws_id, c.attempt, error=c.error)
         return Completion(c.ws_id, c.attempt, decision.ws_status, retry_at, c.error)
 
+    def _check_llm_limits(self) -> None:
+        """A fatal API error stops the run; the run budget warns, drains (soft) or stops (hard)."""
+        shared = SharedLLMState(self.store, self.run_id)
+        fatal = shared.fatal()
+        if fatal and self.stop_reason is None:
+            self.stop_reason = f"fatal: {fatal}"
+            return
+        limit = self.llm.budget
+        if limit.max_cost_usd is None and limit.max_tokens is None:
+            return
+        spent = shared.spent()
+        over = ((limit.max_cost_usd is not None and spent.cost_usd >= limit.max_cost_usd)
+                or (limit.max_tokens is not None and spent.tokens >= limit.max_tokens))
+        near = ((limit.max_cost_usd is not None and spent.cost_usd >= limit.warn_at * limit.max_cost_usd)
+                or (limit.max_tokens is not None and spent.tokens >= limit.warn_at * limit.max_tokens))
+        detail = f"spent ${spent.cost_usd:.4f} and {spent.tokens} tokens"
+        if near and "warn" not in self._budget_events:
+            self._budget_events.add("warn")
+            self.events.emit("budget_warning", scope="run", detail=detail)
+        if over and "over" not in self._budget_events:
+            self._budget_events.add("over")
+            self.events.emit("budget_exceeded", scope="run", detail=detail, mode=limit.mode)
+            if limit.mode == "soft":
+                self.draining = "budget"
+            elif limit.mode == "hard" and self.stop_reason is None:
+                self.stop_reason = "budget"
+
     def _release_due_retries(self) -> None:
         due = []
         now = time.time()
@@ -438,6 +491,8 @@ class Orchestrator:
         total = sum(counts.values())
         if self.stop_reason == "interrupted":
             status, code = "interrupted", EXIT_INTERRUPTED
+        elif self.stop_reason or self.draining:
+            status, code = "failed", EXIT_FAILED
         elif counts.get("done", 0) == total:
             status, code = "done", EXIT_OK
         else:
@@ -446,7 +501,7 @@ class Orchestrator:
         self.store.update_run(self.run_id, status=status, finished_at=now, heartbeat_at=now)
         kind = "run_interrupted" if status == "interrupted" else "run_finished"
         self.events.emit(kind, status=status, counts=counts, elapsed=round(now - self.t0, 3),
-                         reason=self.stop_reason)
+                         reason=self.stop_reason or self.draining)
         self._show(force=True)
         self.events.close()
         return RunResult(self.run_id, status, counts, now - self.t0, code)

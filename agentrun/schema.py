@@ -98,9 +98,72 @@ def m002_integration(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX gate_results_run ON gate_results (run_id, ws_id)")
 
 
+def m003_llm(db: sqlite3.Connection) -> None:
+    """The LLM agent: call ledger, response cache, shared model health and call limiter."""
+    db.execute("""
+        CREATE TABLE llm_calls (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL,
+            ws_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            model TEXT NOT NULL,                -- agentrun's name for it (preset or [models.NAME])
+            model_id TEXT NOT NULL,             -- the provider's id
+            provider TEXT NOT NULL,             -- host of base_url
+            status TEXT NOT NULL,               -- ok, cached, budget, or an error kind (rate_limit, server, ...)
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            cached_tokens INTEGER,
+            est_prompt_tokens INTEGER,
+            cost_usd REAL,                      -- NULL = unknown, never guessed as 0
+            cost_source TEXT,                   -- provider, table, cache or unknown
+            latency_s REAL,
+            retry INTEGER NOT NULL DEFAULT 0,   -- 0 for the first try of a request, then 1, 2, ...
+            started_at REAL NOT NULL,
+            error TEXT
+        )""")
+    db.execute("CREATE INDEX llm_calls_run ON llm_calls (run_id, ws_id)")
+    db.execute("CREATE INDEX llm_calls_model ON llm_calls (model_id, status)")
+    db.execute("""
+        CREATE TABLE llm_cache (
+            key TEXT PRIMARY KEY,               -- sha256 of model id, messages and max_tokens
+            response TEXT NOT NULL,             -- JSON of the ChatResponse
+            created_at REAL NOT NULL
+        )""")
+    db.execute("""
+        CREATE TABLE model_health (
+            run_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            state TEXT NOT NULL,                -- closed, open, half_open, exhausted, dropped
+            failures INTEGER NOT NULL DEFAULT 0,
+            opened INTEGER NOT NULL DEFAULT 0,  -- how many times the breaker opened (cool-down grows)
+            until REAL,                         -- open / exhausted until this time
+            probe_until REAL,                   -- a half-open probe is in flight until this time
+            reason TEXT,
+            PRIMARY KEY (run_id, model)
+        )""")
+    db.execute("""
+        CREATE TABLE llm_limiter (
+            run_id TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            cap REAL NOT NULL,                  -- concurrent calls allowed: halves on 429, +1 on success
+            max_cap INTEGER NOT NULL,
+            PRIMARY KEY (run_id, provider)
+        )""")
+    db.execute("""
+        CREATE TABLE llm_slots (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            expires_at REAL NOT NULL            -- a slot held by a dead process frees itself
+        )""")
+    db.execute("ALTER TABLE runs ADD COLUMN fatal_error TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_integration,
+    m003_llm,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

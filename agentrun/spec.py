@@ -12,12 +12,13 @@ import hashlib
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .durations import parse_duration
 from .errors import SpecError
+from .models import DEFAULT_MODEL, EDIT_FORMATS, Model, Rules, parse_models, resolve, select_model
 
 CONFIG_FILE = "agentrun.toml"
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -28,6 +29,7 @@ ISOLATIONS = ("auto", "worktree", "none")
 SCOPES = ("fail", "warn", "off")
 ON_CONFLICT = ("fail", "retry")
 MERGE_STRATEGIES = ("rebase", "merge")
+AGENTS = ("llm",)
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class Command:
 @dataclass
 class Workstream:
     id: str
-    run: Command
+    run: Command | None = None
     source: str = ""
     title: str = ""
     description: str = ""
@@ -83,6 +85,15 @@ class Workstream:
     merge: str = "rebase"
     conflict_group: str | None = None
     parallel_ok: bool = True
+    # The built-in LLM agent (see README "The built-in LLM agent").
+    agent: str | None = None
+    model: str | None = None
+    fallbacks: tuple[str, ...] = ()
+    max_repairs: int = 2
+    edit_format: str | None = None
+    max_cost_usd: float | None = None
+    max_tokens: int | None = None
+    model_reason: str = ""          # why this model was picked (not part of the definition)
 
     @property
     def changes_expected(self) -> bool:
@@ -147,6 +158,12 @@ def _int_nonneg(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise ValueError(f"expected a whole number >= 0, got {v!r}")
     return v
+
+
+def _nonneg_number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != v:
+        raise ValueError(f"expected a number >= 0, got {v!r}")
+    return float(v)
 
 
 def _bool(v: Any) -> bool:
@@ -246,10 +263,68 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "merge": _choice(MERGE_STRATEGIES),
     "conflict_group": _str,
     "parallel_ok": _bool,
+    "agent": _choice(AGENTS),
+    "model": _str,
+    "fallbacks": _str_list,
+    "max_repairs": _int_nonneg,
+    "edit_format": _choice(EDIT_FORMATS),
+    "max_cost_usd": _nonneg_number,
+    "max_tokens": _int_nonneg,
 }
 # Fields that describe one workstream's identity and cannot be defaults.
 NOT_DEFAULTABLE = {"id", "depends_on", "title", "description"}
-CONFIG_SECTIONS = ("defaults",)
+CONFIG_SECTIONS = ("defaults", "models", "budget")
+RULE_KEYS = {"model_by_complexity": COMPLEXITIES, "model_by_type": TYPES}
+BUDGET_MODES = ("warn", "soft", "hard")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A run budget (``[budget]`` in agentrun.toml, or ``run --budget``)."""
+
+    max_cost_usd: float | None = None
+    max_tokens: int | None = None
+    warn_at: float = 0.8
+    mode: str = "soft"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_cost_usd": self.max_cost_usd, "max_tokens": self.max_tokens, "warn_at": self.warn_at,
+                "mode": self.mode}
+
+
+@dataclass
+class LLMSettings:
+    """What agentrun.toml says about models: user entries, selection rules, the run budget."""
+
+    models: dict[str, Model] = field(default_factory=dict)
+    rules: Rules = field(default_factory=Rules)
+    budget: Budget = field(default_factory=Budget)
+
+    def model_for(self, ws: "Workstream") -> Model:
+        return resolve(ws.model or self.rules.default, self.models)
+
+    def chain_for(self, ws: "Workstream") -> list[Model]:
+        """The workstream's model, then its fallbacks, each once."""
+        chain, seen = [], set()
+        for name in (ws.model or self.rules.default, *ws.fallbacks):
+            if name not in seen:
+                seen.add(name)
+                chain.append(resolve(name, self.models))
+        return chain
+
+    def to_json(self) -> dict[str, Any]:
+        return {"models": {n: asdict(m) for n, m in self.models.items()},
+                "rules": {"default": self.rules.default, "by_complexity": dict(self.rules.by_complexity or {}),
+                          "by_type": dict(self.rules.by_type or {})},
+                "budget": self.budget.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "LLMSettings":
+        rules = data.get("rules", {})
+        return cls({n: Model(**m) for n, m in data.get("models", {}).items()},
+                   Rules(rules.get("default", DEFAULT_MODEL), rules.get("by_complexity") or None,
+                         rules.get("by_type") or None),
+                   Budget(**data.get("budget", {})))
 
 
 @dataclass
@@ -258,7 +333,7 @@ class Source:
 
     path: str
     workstreams: list[Workstream]
-    defaults: dict[str, Any]
+    llm: LLMSettings
     files: list[str]
 
     def by_id(self) -> dict[str, Workstream]:
@@ -286,16 +361,74 @@ def _check_fields(raw: dict[str, Any], where: str, problems: list[str], allowed)
 
 def parse_config(name: str, doc: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     """The ``[defaults]`` of an agentrun.toml, validated field by field."""
+    return parse_config_full(name, doc, problems)[0]
+
+
+def parse_config_full(name: str, doc: dict[str, Any], problems: list[str]) -> tuple[dict[str, Any], LLMSettings]:
+    """``[defaults]`` (workstream fields and model rules), ``[models.NAME]`` and ``[budget]``."""
     for key in doc:
         if key not in CONFIG_SECTIONS:
             hint = _did_you_mean(key, CONFIG_SECTIONS, "sections")
             problems.append(f"{name}: section '{key}': unknown section{hint}")
+    settings = LLMSettings()
+    if "models" in doc:
+        settings.models = parse_models(doc["models"], name, problems)
+    if "budget" in doc:
+        settings.budget = _parse_budget(name, doc["budget"], problems)
     defaults = doc.get("defaults", {})
     if not isinstance(defaults, dict):
         problems.append(f"{name}: section 'defaults': expected a table")
-        return {}
+        return {}, settings
+    defaults = dict(defaults)
+    rules: dict[str, dict[str, str]] = {}
+    for key, allowed_keys in RULE_KEYS.items():
+        table = defaults.pop(key, None)
+        if table is None:
+            continue
+        if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+            problems.append(f"{name} [defaults]: field '{key}': expected a table such as "
+                            f"{{ {allowed_keys[0]} = \"model-name\" }}")
+            continue
+        for k in table:
+            if k not in allowed_keys:
+                problems.append(f"{name} [defaults]: field '{key}': '{k}' is not one of {', '.join(allowed_keys)}")
+        rules[key] = dict(table)
     allowed = set(FIELDS) - NOT_DEFAULTABLE
-    return _check_fields(defaults, f"{name} [defaults]", problems, allowed)
+    values = _check_fields(defaults, f"{name} [defaults]", problems, allowed)
+    settings.rules = Rules(values.pop("model", DEFAULT_MODEL), rules.get("model_by_complexity"),
+                           rules.get("model_by_type"))
+    for model_name in (settings.rules.default, *(settings.rules.by_complexity or {}).values(),
+                       *(settings.rules.by_type or {}).values()):
+        try:
+            resolve(model_name, settings.models)
+        except ValueError as exc:
+            problems.append(f"{name} [defaults]: {exc}")
+    return values, settings
+
+
+def _parse_budget(name: str, raw: Any, problems: list[str]) -> Budget:
+    if not isinstance(raw, dict):
+        problems.append(f"{name}: section 'budget': expected a table")
+        return Budget()
+    known = ("max_cost_usd", "max_tokens", "warn_at", "mode")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            if key == "max_cost_usd":
+                values[key] = _nonneg_number(value)
+            elif key == "max_tokens":
+                values[key] = _int_nonneg(value)
+            elif key == "warn_at":
+                values[key] = _nonneg_number(value)
+                if values[key] > 1:
+                    raise ValueError("a fraction between 0 and 1, e.g. 0.8")
+            elif key == "mode":
+                values[key] = _choice(BUDGET_MODES)(value)
+            else:
+                problems.append(f"{name} [budget]: field '{key}': unknown field{_did_you_mean(key, known)}")
+        except ValueError as exc:
+            problems.append(f"{name} [budget]: field '{key}': {exc}")
+    return Budget(**values)
 
 
 def _entries(name: str, doc: Any, problems: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -329,8 +462,14 @@ def _entries(name: str, doc: Any, problems: list[str]) -> list[tuple[str, dict[s
 def parse_documents(docs: list[tuple[str, Any]], config: dict[str, Any] | None = None,
                     config_name: str = CONFIG_FILE) -> list[Workstream]:
     """Validate every document; return workstreams sorted by id or raise SpecError."""
+    return parse_source(docs, config, config_name)[0]
+
+
+def parse_source(docs: list[tuple[str, Any]], config: dict[str, Any] | None = None,
+                 config_name: str = CONFIG_FILE) -> tuple[list[Workstream], LLMSettings]:
+    """Validate documents and configuration together; raise one SpecError listing every problem."""
     problems: list[str] = []
-    defaults = parse_config(config_name, config or {}, problems)
+    defaults, settings = parse_config_full(config_name, config or {}, problems)
     raw_defaults = (config or {}).get("defaults")
     # A run that is given but invalid (here or in [defaults]) is reported as
     # such; "required" is only for a run given nowhere.
@@ -356,12 +495,20 @@ def parse_documents(docs: list[tuple[str, Any]], config: dict[str, Any] | None =
             merged = {**defaults, **values}
             if "env" in merged:  # a fresh dict each: workstreams never share one env
                 merged["env"] = {**defaults.get("env", {}), **values.get("env", {})}
-            if "run" not in merged and "run" not in raw and not run_in_defaults:
+            if "agent" in raw and "run" in raw:
+                problems.append(f"{where}: field 'agent': a workstream has either `run` (a command) or "
+                                "`agent` (the built-in LLM agent), not both")
+            elif "agent" in merged:
+                merged.pop("run", None)  # an agent workstream does not inherit a default command
+            elif "run" not in merged and "run" not in raw and not run_in_defaults:
                 problems.append(f"{where}: field 'run': required; give the command to run, "
-                                "e.g. run = \"pytest -q\"")
-            if len(problems) > before or "run" not in merged:
+                                "e.g. run = \"pytest -q\" (or agent = \"llm\")")
+            if len(problems) > before or ("run" not in merged and "agent" not in merged):
                 continue
-            built.append(Workstream(source=name, **merged))
+            ws = Workstream(source=name, **merged)
+            if ws.agent:
+                _check_agent(ws, where, settings, problems)
+            built.append(ws)
     by_id = {w.id: w for w in built}
     for ws in built:
         for dep in ws.depends_on:
@@ -377,7 +524,21 @@ def parse_documents(docs: list[tuple[str, Any]], config: dict[str, Any] | None =
                         + " -> ".join(cycle + [cycle[0]]))
     if problems:
         raise SpecError(problems)
-    return sorted(built, key=lambda w: w.id)
+    return sorted(built, key=lambda w: w.id), settings
+
+
+def _check_agent(ws: Workstream, where: str, settings: LLMSettings, problems: list[str]) -> None:
+    """Pick the model now (so the snapshot records it) and check every name resolves."""
+    name, ws.model_reason = select_model(ws.model, ws.type, ws.complexity, settings.rules)
+    ws.model = name
+    for field_name, value in [("model", name)] + [("fallbacks", f) for f in ws.fallbacks]:
+        try:
+            resolve(value, settings.models)
+        except ValueError as exc:
+            problems.append(f"{where}: field '{field_name}': {exc}")
+    if not ws.files:
+        problems.append(f"{where}: field 'files': required with agent = \"llm\": list the files the agent "
+                        "may edit (they are sent to the model in full)")
 
 
 def find_cycles(workstreams: list[Workstream]) -> list[list[str]]:
@@ -454,14 +615,12 @@ def load_source(source: str | Path) -> Source:
     if not files and not problems:
         problems.append(f"{source}: no workstream files (*.toml, *.json) found")
     try:
-        workstreams = parse_documents(docs, config, str(config_path))
+        workstreams, settings = parse_source(docs, config, str(config_path))
     except SpecError as exc:
         problems.extend(exc.problems)
-        workstreams = []
     if problems:
         raise SpecError(problems)
-    defaults = config.get("defaults", {}) if isinstance(config, dict) else {}
-    return Source(str(path), workstreams, defaults, [str(f) for f in files])
+    return Source(str(path), workstreams, settings, [str(f) for f in files])
 
 
 def workstreams_from_snapshots(snapshots: list[dict[str, Any]], source: str) -> dict[str, Workstream]:
@@ -471,7 +630,7 @@ def workstreams_from_snapshots(snapshots: list[dict[str, Any]], source: str) -> 
     for snap in snapshots:
         raw = {k: v for k, v in snap.items() if v is not None and k in FIELDS}
         values = _check_fields(raw, f"state DB snapshot of '{snap.get('id')}'", problems, FIELDS)
-        if values.get("id") and "run" in values:
+        if values.get("id") and ("run" in values or "agent" in values):
             out[values["id"]] = Workstream(source=source, **values)
     if problems:
         raise SpecError(problems)

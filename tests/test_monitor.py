@@ -171,12 +171,11 @@ def get(url: str) -> tuple[int, str, str]:
 
 
 def add_llm_calls(project: Path, run_id: str, calls: list[tuple[str, int, int, float]]) -> None:
-    """What a future agentrun will record per LLM call (the monitor only reads it)."""
+    """Ledger rows as the LLM agent records them (the monitor only reads them)."""
     db = sqlite3.connect(project / ".agentrun" / "state.db")
-    db.execute("CREATE TABLE IF NOT EXISTS llm_calls (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, "
-               "ws_id TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL)")
-    db.executemany("INSERT INTO llm_calls (run_id, ws_id, prompt_tokens, completion_tokens, cost_usd) "
-                   "VALUES (?, ?, ?, ?, ?)", [(run_id, *c) for c in calls])
+    db.executemany("INSERT INTO llm_calls (run_id, ws_id, attempt, model, model_id, provider, status, "
+                   "prompt_tokens, completion_tokens, cost_usd, started_at) "
+                   "VALUES (?, ?, 1, 'm', 'vendor/m', 'fake', 'ok', ?, ?, ?, 0)", [(run_id, *c) for c in calls])
     db.commit()
     db.close()
 

@@ -435,10 +435,9 @@ def test_cost_section_only_with_llm_calls(finished, tmp_path):
     project, run_id = finished
     copy = _copy_db(project / ".agentrun" / "state.db", tmp_path / "with-llm")
     db = sqlite3.connect(copy)
-    db.execute("CREATE TABLE llm_calls (id INTEGER PRIMARY KEY, run_id TEXT, ws_id TEXT, model TEXT, "
-               "prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL)")
-    db.executemany("INSERT INTO llm_calls (run_id, ws_id, model, prompt_tokens, completion_tokens, cost_usd) "
-                   "VALUES (?, ?, 'm', ?, ?, ?)",
+    db.executemany("INSERT INTO llm_calls (run_id, ws_id, attempt, model, model_id, provider, status, "
+                   "prompt_tokens, completion_tokens, cost_usd, started_at) "
+                   "VALUES (?, ?, 1, 'm', 'vendor/m', 'fake', 'ok', ?, ?, ?, 0)",
                    [(run_id, "a", 1000, 200, 0.01), (run_id, "a", 500, 100, 0.005), (run_id, "b", 40, 2, 0.0001),
                     (run_id, "e", 10, 1, None), ("another-run", "a", 9999, 9999, 9.0)])
     db.commit()
@@ -462,13 +461,8 @@ def test_cost_section_only_with_llm_calls(finished, tmp_path):
     assert 'id="cost"' in _html_text(html_out)
     assert 'id="cost"' not in _html_text(tmp_path / "plain.html", project, run_id)
 
-    # A table without rows for this run: no section.
+    # The ledger without rows for this run: no section.
     empty = _copy_db(project / ".agentrun" / "state.db", tmp_path / "empty-llm")
-    db = sqlite3.connect(empty)
-    db.execute("CREATE TABLE llm_calls (run_id TEXT, ws_id TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, "
-               "cost_usd REAL)")
-    db.commit()
-    db.close()
     assert "tokens" not in report_cmd("show", run_id, "--state-dir", str(empty.parent), cwd=project).stdout
 
 

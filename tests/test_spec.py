@@ -133,7 +133,7 @@ env = { CI = "1", MODE = "default" }
     assert b.env == {"CI": "1", "MODE": "mine", "EXTRA": "x"}
     # the config file is not itself a workstream
     assert set(source.by_id()) == {"a", "b"}
-    assert source.defaults["retries"] == 2
+    assert source.llm.rules.default == "deepseek-chat"
 
 
 def test_workstreams_do_not_share_the_default_env_dict():
@@ -296,7 +296,7 @@ def test_an_id_from_a_bad_file_name_is_refused(tmp_path):
 def test_missing_run_says_how_to_write_one():
     problem = only_problem(spec_error([("a.toml", {"estimate": "1m"})]))
     assert problem == ("a.toml: workstream 'a': field 'run': required; give the command to run, "
-                       'e.g. run = "pytest -q"')
+                       'e.g. run = "pytest -q" (or agent = "llm")')
 
 
 def test_an_invalid_run_is_reported_once_not_also_as_missing():

@@ -1,0 +1,248 @@
+"""The one retry loop around model calls.
+
+Every request goes through ``ModelCaller.complete``: budgets are checked
+before the call, identical requests are answered from the cache, the shared
+limiter caps concurrent calls per provider, each outcome is recorded in the
+ledger, and ``llm_policy.decide`` says what an error means — wait and retry,
+rotate to the next fallback, mark the model exhausted or dropped, shrink, or
+stop the run. Nothing below this loop retries on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from . import budget, llm_client, llm_policy
+from .events import EventLog
+from .llm_client import ChatRequest, ChatResponse, LLMError
+from .llm_shared import SharedLLMState, cache_key
+from .models import Model
+from .spec import Budget
+
+SLOT_POLL_SECONDS = (0.02, 0.25)
+
+
+class LLMStop(Exception):
+    """The attempt cannot go on with a model call (budget, no model left, cancelled, fatal)."""
+
+    status = "failed"
+
+
+class BudgetExceeded(LLMStop):
+    pass
+
+
+class NoModelAvailable(LLMStop):
+    pass
+
+
+class ContextTooLarge(LLMStop):
+    pass
+
+
+class FatalLLMError(LLMStop):
+    pass
+
+
+class Cancelled(LLMStop):
+    status = "cancelled"
+
+
+@dataclass
+class Reply:
+    response: ChatResponse
+    model: Model
+    cached: bool
+
+
+def provider_of(model: Model) -> str:
+    return model.base_url.split("://", 1)[-1].split("/", 1)[0]
+
+
+class ModelCaller:
+    def __init__(self, shared: SharedLLMState, events: EventLog, *, ws_id: str, attempt: int,
+                 chain: list[Model], ws_budget: Budget, run_budget: Budget, max_concurrent: int,
+                 cancel_fd: int | None = None, rng: random.Random | None = None,
+                 timeouts: tuple[float, float] = (10.0, 120.0)):
+        self.shared, self.events = shared, events
+        self.ws_id, self.attempt = ws_id, attempt
+        self.chain = chain
+        self.ws_budget, self.run_budget = ws_budget, run_budget
+        self.max_concurrent = max_concurrent
+        self.cancel_fd = cancel_fd
+        self.rng = rng or random.Random()
+        self.timeouts = timeouts
+        self._warned: set[str] = set()
+
+    # --- waiting, interruptibly --------------------------------------------------
+    def _sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        if self.cancel_fd is None:
+            time.sleep(seconds)
+            return
+        ready, _, _ = select.select([self.cancel_fd], [], [], seconds)
+        if ready:
+            raise Cancelled("stopped: run interrupted")
+
+    def _slot(self, model: Model) -> int:
+        provider = provider_of(model)
+        while True:
+            slot = self.shared.try_acquire(provider, self.max_concurrent)
+            if slot is not None:
+                return slot
+            self._sleep(self.rng.uniform(*SLOT_POLL_SECONDS))
+
+    # --- budgets -----------------------------------------------------------------
+    def _check_budgets(self, model: Model, est_prompt: int, max_tokens: int) -> None:
+        est_cost = model.cost(est_prompt, max_tokens)
+        est_tokens = est_prompt + max_tokens
+        checks = [(self.ws_budget, self.shared.spent(self.ws_id), True, f"workstream {self.ws_id}"),
+                  (self.run_budget, self.shared.spent(), self.run_budget.mode != "warn", "run")]
+        for limit, spent, blocking, label in checks:
+            if limit.max_cost_usd is None and limit.max_tokens is None:
+                continue
+            verdict = budget.check(spent, est_cost, est_tokens, max_cost_usd=limit.max_cost_usd,
+                                   max_tokens=limit.max_tokens, warn_at=limit.warn_at, blocking=blocking,
+                                   label=label)
+            if verdict.action == "block":
+                self.shared.record_call(ws_id=self.ws_id, attempt=self.attempt, model=model.name,
+                                        model_id=model.id, provider=provider_of(model), status="budget",
+                                        est_prompt_tokens=est_prompt, started_at=time.time(),
+                                        error=verdict.message)
+                self.events.emit("budget_exceeded", self.ws_id, self.attempt, scope=label, detail=verdict.message)
+                raise BudgetExceeded(f"{verdict.message}; the call was not made")
+            if verdict.action == "warn" and label not in self._warned:
+                self._warned.add(label)
+                self.events.emit("budget_warning", self.ws_id, self.attempt, scope=label, detail=verdict.message)
+
+    # --- the loop ----------------------------------------------------------------
+    def complete(self, messages: list[dict], *, est_prompt_tokens: int, max_tokens: int | None = None) -> Reply:
+        reasons: list[str] = []
+        for index, model in enumerate(self.chain):
+            out = max_tokens or model.max_output_tokens
+            gate = self.shared.admit(model.name)
+            if not gate.allowed:
+                reasons.append(f"{model.name}: {gate.reason}")
+                continue
+            est = int(est_prompt_tokens * self.shared.calibration(model.id))
+            if est + out > model.context_window:
+                reasons.append(f"{model.name}: context window {model.context_window} < ~{est + out} tokens")
+                continue
+            reply = self._on_model(model, messages, est, out, reasons)
+            if reply is not None:
+                if index:
+                    self.events.emit("llm_fallback", self.ws_id, self.attempt, model=model.name,
+                                     detail=f"primary unavailable: {reasons[0] if reasons else ''}")
+                return reply
+        if any("context window" in r or "too large" in r for r in reasons) and len(reasons) == len(self.chain):
+            raise ContextTooLarge("the prompt fits no model in the chain: " + "; ".join(reasons))
+        raise NoModelAvailable("no model could answer: " + "; ".join(reasons))
+
+    def _on_model(self, model: Model, messages: list[dict], est: int, out: int, reasons: list[str]) -> Reply | None:
+        key = cache_key(model.id, messages, out)
+        hit = self.shared.cached(key)
+        if hit is not None:
+            response = ChatResponse(**hit)
+            self.shared.record_call(ws_id=self.ws_id, attempt=self.attempt, model=model.name, model_id=model.id,
+                                    provider=provider_of(model), status="cached", est_prompt_tokens=est,
+                                    cost_usd=0.0, cost_source="cache", latency_s=0.0, started_at=time.time())
+            return Reply(response, model, True)
+        api_key = os.environ.get(model.api_key_env) if model.api_key_env else None
+        request = ChatRequest(model.id, messages, out)
+        tries = 0
+        while True:
+            self._check_budgets(model, est, out)
+            slot = self._slot(model)
+            started = time.time()
+            outcome = "other"
+            try:
+                response = llm_client.complete(model.base_url, api_key, request, connect_timeout=self.timeouts[0],
+                                               read_timeout=self.timeouts[1])
+                outcome = "ok"
+            except LLMError as exc:
+                error = exc
+                if exc.kind in (llm_client.RATE_LIMIT, llm_client.QUOTA):
+                    outcome = "rate_limited"
+            finally:
+                self.shared.release(slot, provider_of(model), outcome)
+            if outcome == "ok":
+                self._record_ok(model, response, est, tries, started)
+                self.shared.succeeded(model.name)
+                self.shared.cache(key, asdict(response))
+                return Reply(response, model, False)
+            tries += 1
+            self.shared.record_call(ws_id=self.ws_id, attempt=self.attempt, model=model.name, model_id=model.id,
+                                    provider=provider_of(model), status=error.kind, est_prompt_tokens=est,
+                                    latency_s=time.time() - started, retry=tries - 1, started_at=started,
+                                    error=str(error)[:500])
+            action = llm_policy.decide(error, tries, now=time.time(), rng=self.rng, key_env=model.api_key_env)
+            if isinstance(action, llm_policy.Retry):
+                self.shared.failed(model.name, error.kind)
+                if error.kind == llm_client.RATE_LIMIT:
+                    self.events.emit("llm_rate_limited", self.ws_id, self.attempt, model=model.name,
+                                     retry_in=round(action.delay, 2))
+                self._sleep(action.delay)
+                continue
+            if isinstance(action, llm_policy.Rotate):
+                self.shared.failed(model.name, f"{error.kind}: {str(error)[:120]}", cooldown_until=action.cooldown_until)
+                reasons.append(f"{model.name}: {error.kind}")
+                self.events.emit("llm_rotated", self.ws_id, self.attempt, model=model.name, because=error.kind)
+            elif isinstance(action, llm_policy.Exhausted):
+                until = action.until or time.time() + 24 * 3600
+                self.shared.exhausted(model.name, until, str(error)[:200])
+                reasons.append(f"{model.name}: quota exhausted")
+                self.events.emit("llm_exhausted", self.ws_id, self.attempt, model=model.name, until=round(until))
+            elif isinstance(action, llm_policy.Drop):
+                self.shared.drop(model.name, str(error)[:200])
+                reasons.append(f"{model.name}: not found, dropped for this run")
+                self.events.emit("llm_dropped", self.ws_id, self.attempt, model=model.name)
+            elif isinstance(action, llm_policy.Shrink):
+                reasons.append(f"{model.name}: prompt too large for its context window "
+                               f"({action.n_prompt_tokens or '?'} > {action.n_ctx or '?'})")
+            elif isinstance(action, llm_policy.Fatal):
+                self.shared.set_fatal(action.message)
+                self.events.emit("llm_fatal", self.ws_id, self.attempt, model=model.name, detail=action.message)
+                raise FatalLLMError(action.message)
+            return None
+
+    def _record_ok(self, model: Model, response: ChatResponse, est: int, tries: int, started: float) -> None:
+        cost, source = response.cost_usd, "provider"
+        if cost is None and response.prompt_tokens is not None and response.completion_tokens is not None:
+            cost, source = model.cost(response.prompt_tokens, response.completion_tokens), "table"
+        if cost is None:
+            source = "unknown"
+        self.shared.record_call(ws_id=self.ws_id, attempt=self.attempt, model=model.name, model_id=model.id,
+                                provider=provider_of(model), status="ok", prompt_tokens=response.prompt_tokens,
+                                completion_tokens=response.completion_tokens, cached_tokens=response.cached_tokens,
+                                est_prompt_tokens=est, cost_usd=cost, cost_source=source,
+                                latency_s=response.latency_s, retry=tries, started_at=started)
+
+
+def preflight(chains: dict[str, list[Model]], probe: Callable[[str, str | None], str | None] | None = None) -> list[str]:
+    """Problems that would make every call fail: missing API keys, endpoints that do not answer."""
+    probe = probe or (lambda url, key: llm_client.probe(url, key, timeout=3))
+    problems: list[str] = []
+    needed: dict[str, list[str]] = {}
+    urls: dict[str, str | None] = {}
+    for ws_id, chain in chains.items():
+        primary = chain[0]
+        for model in chain:
+            if model.api_key_env and not os.environ.get(model.api_key_env):
+                if model is primary:
+                    needed.setdefault(model.api_key_env, []).append(ws_id)
+                continue
+            urls.setdefault(model.base_url, os.environ.get(model.api_key_env) if model.api_key_env else None)
+    for env, users in sorted(needed.items()):
+        problems.append(f"environment variable {env} is not set; the model of {', '.join(sorted(users)[:5])} "
+                        f"needs it (export {env}=..., or pick another model)")
+    for url, key in sorted(urls.items()):
+        failure = probe(url, key)
+        if failure:
+            problems.append(f"model endpoint {url} does not answer ({failure}); check base_url or start the server")
+    return problems
