@@ -66,6 +66,13 @@ class RunContext:
         return self.git is not None and ws.isolation != "none"
 
 
+def llm_concurrency(max_workers: int) -> int:
+    """The starting cap of the shared limiter. AGENTRUN_LLM_LIMITER=off lifts it (for benchmarks)."""
+    if os.environ.get("AGENTRUN_LLM_LIMITER") == "off":
+        return 1_000_000
+    return max(1, max_workers)
+
+
 def conversation_path(layout: Layout, run_id: str, ws_id: str, attempt: int) -> Path:
     return layout.run_dir(run_id) / "conversations" / f"{ws_id}.{attempt}.jsonl"
 
@@ -192,7 +199,7 @@ class Attempt:
         shared = SharedLLMState(self.store, ctx.run_id)
         caller = ModelCaller(shared, self.events, ws_id=ws.id, attempt=self.job.attempt, chain=chain,
                              ws_budget=Budget(ws.max_cost_usd, ws.max_tokens, mode="hard"),
-                             run_budget=ctx.llm.budget, max_concurrent=max(1, ctx.max_workers),
+                             run_budget=ctx.llm.budget, max_concurrent=llm_concurrency(ctx.max_workers),
                              cancel_fd=self.cancel_fd)
 
         def run_gates():

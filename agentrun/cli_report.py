@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from . import report as core
+from . import report_models
 from .cli_common import handle_errors, state_dir_option
 from .errors import UsageError
 from .layout import layout_for, project_root
@@ -116,3 +117,22 @@ def html(run_id, output, state_dir) -> None:
     _write(render_html(rep), output, state_dir)
     if output != "-":
         click.echo(f"wrote {output}", err=True)
+
+
+@report.command("models", short_help="Per model and per workstream type: calls, latency, cost, errors.")
+@click.argument("run_id", required=False)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@state_dir_option
+@handle_errors
+def models(run_id, fmt, state_dir) -> None:
+    """How each model fared in RUN_ID (default: the latest run): calls, success rate (ok / calls sent,
+    cache hits and budget refusals left out), p50/p95 latency of ok calls, tokens, cost (known costs
+    summed; calls of unknown cost counted apart, never as $0), rate-limit hits, fallbacks, errors by
+    kind; and per workstream type: workstreams, success rate (done / finished), cost."""
+    store = _store(state_dir)
+    try:
+        rep = report_models.load_models_report(store, run_id)
+    finally:
+        store.close()
+    click.echo(report_models.to_json(rep) if fmt == "json" else report_models.render_models_text(rep),
+               nl=fmt != "json")

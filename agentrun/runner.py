@@ -26,7 +26,7 @@ from .llm_shared import SharedLLMState
 from .layout import Layout, layout_for, new_run_id, project_root
 from .planner import Plan, build_plan, select
 from .scheduler import SCHEDULES, Scheduler
-from .spec import LLMSettings, Source, load_source, workstreams_from_snapshots
+from .spec import LLMSettings, Source, load_source, source_digest, workstreams_from_snapshots
 from .state import StateStore, json_dumps
 
 RUN_HEARTBEAT_SECONDS = 2.0
@@ -162,7 +162,8 @@ def create_run(prep: Prepared) -> tuple[StateStore, str]:
         "id": run_id, "source": str(Path(opts.source).resolve()), "project_root": str(prep.root),
         "options": json_dumps({"max_workers": opts.max_workers, "schedule": opts.schedule,
                                "fail_fast": opts.fail_fast, "ws_ids": list(opts.ws_ids),
-                               "with_deps": opts.with_deps, "llm": prep.source.llm.to_json()}),
+                               "with_deps": opts.with_deps, "llm": prep.source.llm.to_json(),
+                               "source_digest": source_digest(opts.source)}),
         "status": "running", "created_at": time.time(), "max_workers": opts.max_workers,
         "schedule": opts.schedule, "spec_hash": json_dumps(sorted(hashes.items())),
         "notes": json_dumps(prep.notes), **git_fields,
@@ -208,7 +209,7 @@ def prepare_resume(layout: Layout, run_id: str, *, accept_changes: bool, max_wor
                                                       "done; nothing to resume"], recovered)
     rows = {r["ws_id"]: r for r in store.workstreams(run_id)}
     recorded = workstreams_from_snapshots([json.loads(r["spec"]) for r in rows.values()], run["source"])
-    notes, current = _compare_source(run["source"], recorded, rows, accept_changes)
+    notes, current = _compare_source(run["source"], recorded, rows, accept_changes, saved.get("source_digest"))
     reset = {w for w, r in rows.items() if r["status"] in recovery.REQUEUE}
     reset |= {w for w, ws in current.items() if ws is not recorded[w] and rows[w]["status"] in ("failed", "conflict")}
     if not reset:
@@ -229,10 +230,13 @@ def prepare_resume(layout: Layout, run_id: str, *, accept_changes: bool, max_wor
     return Resumption(store, run, plan, options, notes, recovered)
 
 
-def _compare_source(source: str, recorded: dict, rows: dict, accept: bool) -> tuple[list[str], dict]:
+def _compare_source(source: str, recorded: dict, rows: dict, accept: bool,
+                    digest: str | None) -> tuple[list[str], dict]:
     """Detect edits to the workstream files since the run started (by spec hash)."""
     notes: list[str] = []
     current = dict(recorded)
+    if digest is not None and source_digest(source) == digest:
+        return notes, current  # byte-for-byte the files the run started from
     try:
         fresh = load_source(source).by_id()
     except SpecError as exc:

@@ -586,19 +586,37 @@ def read_document(path: Path) -> Any:
         raise ValueError(f"invalid TOML: {exc}") from None
 
 
+def source_files(path: Path) -> tuple[list[Path], Path]:
+    """The workstream files of a source and its (possibly absent) config file."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix in (".toml", ".json") and p.name != CONFIG_FILE)
+        return files, path / CONFIG_FILE
+    return [path], path.parent / CONFIG_FILE
+
+
+def source_digest(source: str | Path) -> str | None:
+    """A hash of the source's bytes: unchanged files need not be parsed again (None if unreadable)."""
+    path = Path(source)
+    if not path.exists():
+        return None
+    files, config = source_files(path)
+    digest = hashlib.sha256()
+    for file in files + ([config] if config.is_file() else []):
+        try:
+            digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+        except OSError:
+            return None
+    return digest.hexdigest()
+
+
 def load_source(source: str | Path) -> Source:
     """Read a directory of workstream files (or one file) and validate it all."""
     path = Path(source)
     if not path.exists():
         raise SpecError([f"{source}: no such file or directory; pass the directory holding your "
                          "workstream files (default: waves/)"])
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir()
-                       if p.is_file() and p.suffix in (".toml", ".json") and p.name != CONFIG_FILE)
-        config_path = path / CONFIG_FILE
-    else:
-        files = [path]
-        config_path = path.parent / CONFIG_FILE
+    files, config_path = source_files(path)
     problems: list[str] = []
     docs: list[tuple[str, Any]] = []
     for file in files:
