@@ -55,8 +55,9 @@ MODELS_FIELDS_DOC = """\
     prompt_tokens, completion_tokens
                        sums of what the provider reported (null when no call
                        reported it)
-    cost_usd           sum of the known costs (null when no call has a known
-                       cost); a lower bound when unknown_cost_calls > 0
+    cost_usd           sum of the known costs (failed calls cost nothing; null
+                       when calls were answered and none has a known cost); a
+                       lower bound when unknown_cost_calls > 0
     unknown_cost_calls ok calls whose cost is unknown (never counted as 0)
     rate_limit_hits    calls answered rate_limit or quota
     fallbacks          answers this model gave as a fallback (see
@@ -71,8 +72,8 @@ MODELS_FIELDS_DOC = """\
     success_rate       done / finished (null when none finished)
     llm_calls, cost_usd, unknown_cost_calls
                        over the ledger rows of those workstreams, as above
-  totals             calls, sent, ok, success_rate, cost_usd,
-                     unknown_cost_calls, rate_limit_hits, fallbacks
+  totals             calls, sent, ok, success_rate, cost_usd (null without
+                     LLM calls), unknown_cost_calls, rate_limit_hits, fallbacks
 """
 
 
@@ -141,10 +142,17 @@ def _sum_known(values: Iterable[Any]) -> Any:
 
 
 def _cost(rows: list[dict[str, Any]]) -> tuple[float | None, int]:
-    """(sum of known costs or None, answered calls of unknown cost)."""
+    """(sum of the known costs, answered calls of unknown cost).
+
+    Failed calls are not billed (the ledger leaves their cost NULL, as the
+    budget checks read it). The sum is None, not $0, when some call was
+    answered and no cost at all is known.
+    """
     known = _sum_known(r["cost_usd"] for r in rows)
     unknown = sum(1 for r in rows if r["status"] == OK and r["cost_usd"] is None)
-    return (None if known is None else round(known, 10)), unknown
+    if known is None:
+        return (None if unknown else 0.0), unknown
+    return round(known, 10), unknown
 
 
 def _rate(num: int, den: int) -> float | None:
@@ -220,7 +228,7 @@ def build_models_report(data: ModelsData, *, now: float) -> dict[str, Any]:
             "type": kind, "workstreams": len(wss), "counts": dict(sorted(counts.items())),
             "done": counts.get("done", 0), "finished": finished,
             "success_rate": _rate(counts.get("done", 0), finished),
-            "llm_calls": len(rows), "cost_usd": 0.0 if not rows else cost, "unknown_cost_calls": unknown,
+            "llm_calls": len(rows), "cost_usd": cost, "unknown_cost_calls": unknown,
         })
 
     total_cost, total_unknown = _cost(data.calls)
@@ -237,7 +245,7 @@ def build_models_report(data: ModelsData, *, now: float) -> dict[str, Any]:
         "models": models,
         "types": types,
         "totals": {"calls": len(data.calls), "sent": sent, "ok": ok, "success_rate": _rate(ok, sent),
-                   "cost_usd": total_cost, "unknown_cost_calls": total_unknown,
+                   "cost_usd": total_cost if data.calls else None, "unknown_cost_calls": total_unknown,
                    "rate_limit_hits": sum(m["rate_limit_hits"] for m in models),
                    "fallbacks": sum(m["fallbacks"] for m in models)},
     }
