@@ -22,8 +22,9 @@ from . import crashpoints, policy, procs
 from .events import EventLog
 from .agent import Conversation, LLMAgentExecutor, read_new_output
 from .executors import AttemptContext, CommandExecutor, ExecResult, Executor, run_command
-from .integration import (GateRunner, GitRun, Workspace, commit_message, free_port, integrate, make_tmpdir,
-                          prepare_workspace, rescue_and_remove, rescue_ref, verify)
+from . import git
+from .integration import (GateRunner, GitRun, Workspace, already_integrated, commit_message, free_port,
+                          integrate, make_tmpdir, prepare_workspace, rescue_and_remove, rescue_ref, verify)
 from .layout import Layout
 from .llm_call import ModelCaller
 from .llm_shared import SharedLLMState
@@ -212,6 +213,18 @@ class Attempt:
         return LLMAgentExecutor(caller, chain, self.wsp.path, conversation, run_gates, self.log,
                                 calibration=shared.calibration(chain[0].id))
 
+    def integrated_before_crash(self) -> bool:
+        """The integration branch already carries this workstream's commit (a crash hit between
+        moving the branch and recording it): record it now."""
+        if not self.ctx.isolated(self.ws):
+            return False
+        gr = self.ctx.git
+        commit = already_integrated(gr, self.ctx.run_id, self.ws.id, git.rev(gr.repo, gr.integration_ref))
+        if commit is None:
+            return False
+        self.store.mark_integrated(self.ctx.run_id, self.ws.id, commit, [])
+        return True
+
     def _on_integrated(self, commit: str) -> int:
         seq = self.store.mark_integrated(self.ctx.run_id, self.ws.id, commit, self.wsp.changed)
         self.events.emit("ws_integrated", self.ws.id, self.job.attempt, commit=commit, seq=seq,
@@ -244,13 +257,16 @@ def run_attempt(job: Job, ctx: RunContext, store: StateStore, events: EventLog, 
     try:
         row = store.workstream(ctx.run_id, ws.id)
         attempt = Attempt(job, ctx, store, events, attempt_id, row, log_fd, cancel_fd)
-        if row["integrated_commit"]:
+        if row["integrated_commit"] or attempt.integrated_before_crash():
             # Integrated before a crash but not recorded done: never run or merge it twice.
             attempt.log("already integrated by an earlier attempt; recording it as done")
             result = ExecResult("ok", 0)
         else:
-            result = attempt.run()
-            attempt.cleanup()
+            try:
+                result = attempt.run()
+                attempt.cleanup()
+            except Exception as exc:  # a bug or a broken repository fails the attempt, not the worker
+                result = ExecResult("failed", error=f"internal error: {type(exc).__name__}: {exc}")
         if result.error and result.status != "ok":
             last = last_output_line(log_fd)
             if last and result.error.startswith("exit code"):
@@ -280,7 +296,7 @@ def record_outcome(job: Job, ctx: RunContext, store: StateStore, events: EventLo
     if result.status == "conflict" and ws.on_conflict == "retry":
         earlier = [a for a in store.attempts(ctx.run_id, ws.id) if a["status"] == "conflict"]
         conflict_retry = not earlier
-    elif result.status in ("failed", "timeout"):
+    elif result.status in ("failed", "timeout", "crashed"):
         failures = store.failures(ctx.run_id, ws.id) + 1
     decision = policy.after_attempt(result.status, failures, ctx.max_attempts[ws.id], ws.retry_backoff,
                                     conflict_retry=conflict_retry)

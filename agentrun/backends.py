@@ -22,11 +22,15 @@ from .state import StateStore
 
 
 class Backend(Protocol):
+    """Where attempts run. ``submit`` returns the backend's id for the attempt (also recorded
+    with the attempt by the worker that claims it); ``poll`` returns finished attempts."""
+
     def free_slots(self) -> int: ...
     def submit(self, job: Job) -> str: ...
     def poll(self, timeout: float | None, extra_fds: list[int] = ...) -> list[Completion]: ...
     def cancel(self, external_id: str) -> None: ...
-    def shutdown(self) -> None: ...
+    def cancel_all(self) -> None: ...
+    def shutdown(self) -> list[Completion]: ...
 
 
 _FORK = multiprocessing.get_context("fork")
@@ -85,9 +89,6 @@ class LocalProcessBackend:
     def free_slots(self) -> int:
         return sum(1 for w in self._workers if w.job is None)
 
-    def busy(self) -> int:
-        return sum(1 for w in self._workers if w.job is not None)
-
     def submit(self, job: Job) -> str:
         worker = next(w for w in self._workers if w.job is None)
         worker.job = job
@@ -141,15 +142,9 @@ class LocalProcessBackend:
                 self.cancel(w.external_id)
 
     def shutdown(self) -> list[Completion]:
-        """Stop idle workers, wait for busy ones (already told to cancel or finishing)."""
+        """Wait for busy workers (already told to cancel, or finishing), then stop them all."""
         self._closing = True
         out: list[Completion] = []
-        for w in self._workers:
-            if w.job is None:
-                try:
-                    w.conn.send(None)
-                except OSError:
-                    pass
         while any(w.job is not None for w in self._workers):
             out.extend(self.poll(1.0))
         for w in self._workers:
@@ -169,7 +164,9 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
         end.close()
     # Ctrl-C reaches the whole foreground group; the orchestrator decides what
     # stops. SIGTERM means "stop the current command cleanly and exit".
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A handler, not SIG_IGN: an ignored signal stays ignored across exec, and the
+    # commands this worker starts must get the default SIGINT behaviour.
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
     crashpoints.orchestrator_pid = os.getppid()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)

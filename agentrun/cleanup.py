@@ -7,9 +7,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import git, procs
+from . import git
 from .errors import UsageError
-from .integration import rescue_and_remove, rescue_ref
+from .integration import integration_branch, rescue_and_remove, rescue_ref
+from .recovery import orchestrator_alive
 from .layout import Layout
 from .state import StateStore
 
@@ -33,10 +34,6 @@ def disk_usage(path: Path) -> int:
     return total
 
 
-def run_is_live(run) -> bool:
-    return run["status"] == "running" and procs.is_alive(run["orchestrator_pid"], run["orchestrator_start"])
-
-
 def clean(store: StateStore, layout: Layout, root: Path, run_id: str | None, everything: bool) -> CleanReport:
     if run_id:
         run = store.run(run_id)
@@ -48,10 +45,12 @@ def clean(store: StateStore, layout: Layout, root: Path, run_id: str | None, eve
     report = CleanReport()
     is_repo = git.is_repo(root)
     for run in runs:
-        if run_is_live(run):
+        if run["status"] == "running":
             if run_id:
-                raise UsageError(f"run {run['id']} is still running (pid {run['orchestrator_pid']}); "
-                                 "stop it before cleaning")
+                why = ("is still running" if orchestrator_alive(run)
+                       else "crashed and is not recovered (its processes may still use the worktrees); "
+                            f"run `agentrun recover {run['id']}` first")
+                raise UsageError(f"run {run['id']} {why}")
             continue
         trees = layout.worktrees_dir(run["id"])
         if trees.is_dir():
@@ -62,13 +61,16 @@ def clean(store: StateStore, layout: Layout, root: Path, run_id: str | None, eve
                 report.worktrees.append(str(path))
                 if saved:
                     report.rescued.append(f"{path.name}: uncommitted changes saved as {ref} ({saved[:12]})")
-            shutil.rmtree(trees, ignore_errors=True)
+            try:
+                trees.rmdir()  # only if empty: a worktree moved aside as *.broken-* stays
+            except OSError:
+                pass
         tmp = layout.run_dir(run["id"]) / "tmp"
         if tmp.is_dir():
             report.freed_bytes += disk_usage(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
         if is_repo:
-            integration = f"agentrun/{run['id']}/integration"
+            integration = integration_branch(run["id"])
             for branch in git.branches(root, f"agentrun/{run['id']}/"):
                 if branch == integration and not everything:
                     continue

@@ -42,7 +42,7 @@ def _workers(parallel: bool, max_workers: int | None) -> int:
 
 @cli.command()
 @click.argument("source", default="waves", required=False)
-@click.option("--max-workers", type=int, default=None, help="Workers the plan is sized for (default: CPUs).")
+@click.option("--max-workers", type=click.IntRange(min=1), default=None, help="Workers the plan is sized for (default: CPUs).")
 @click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="text", show_default=True)
 @click.option("--ws-id", "ws_ids", multiple=True, help="Plan only these workstreams (repeatable).")
 @click.option("--with-deps", is_flag=True, help="With --ws-id: include what they depend on.")
@@ -60,7 +60,7 @@ def plan(source, max_workers, fmt, ws_ids, with_deps, state_dir) -> None:
 @cli.command()
 @click.argument("source", default="waves", required=False)
 @click.option("--parallel", is_flag=True, help="Run workstreams in parallel (default: one at a time).")
-@click.option("--max-workers", type=int, default=None, help="Workers with --parallel (default: CPUs).")
+@click.option("--max-workers", type=click.IntRange(min=1), default=None, help="Workers with --parallel (default: CPUs).")
 @click.option("--ws-id", "ws_ids", multiple=True, help="Run only these workstreams (repeatable).")
 @click.option("--with-deps", is_flag=True, help="With --ws-id: also run what they depend on.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="eager", show_default=True,
@@ -82,6 +82,12 @@ def run(source, parallel, max_workers, ws_ids, with_deps, schedule, fail_fast, d
         budget_mode, resume_id, accept_changes, quiet, state_dir) -> None:
     """Run the workstreams in SOURCE (default: waves/)."""
     if resume_id:
+        clashing = [name for name, value in (("--dry-run", dry_run), ("--ws-id", ws_ids), ("--with-deps", with_deps),
+                                             ("--into", into), ("--budget", budget_usd), ("--budget-mode", budget_mode),
+                                             ("--fail-fast", fail_fast)) if value]
+        if clashing:
+            raise UsageError(f"--resume continues a run with its recorded options; {', '.join(clashing)} "
+                             "cannot be combined with it")
         sys.exit(_resume(resume_id, accept_changes, max_workers, quiet, state_dir))
     opts = runner.RunOptions(source=source, max_workers=_workers(parallel, max_workers), schedule=schedule,
                              fail_fast=fail_fast, ws_ids=ws_ids, with_deps=with_deps, state_dir=state_dir,
@@ -197,7 +203,7 @@ def recover(run_id, list_only, state_dir) -> None:
 @cli.command()
 @click.argument("run_id")
 @click.option("--accept-changes", is_flag=True, help="Use edited workstream files for work not yet done.")
-@click.option("--max-workers", type=int, default=None, help="Workers (default: as the run was started).")
+@click.option("--max-workers", type=click.IntRange(min=1), default=None, help="Workers (default: as the run was started).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output, only the final summary.")
 @state_dir_option
 @handle_errors
@@ -215,8 +221,14 @@ def _resume(run_id, accept_changes, max_workers, quiet, state_dir) -> int:
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
     if res.plan is None:
+        changed = res.run["status"] != res.final_status
+        counts = res.store.counts(run_id)
         res.store.close()
-        return 0
+        if changed:  # finished now: report it like the end of a run (and honour --into)
+            return _summary(runner.RunResult(run_id, res.final_status, counts, 0.0,
+                                             0 if res.final_status == "done" else EXIT_FAILED),
+                            layout, Path(res.run["project_root"]), res.options)
+        return 0 if res.final_status == "done" else EXIT_FAILED
     return _execute(res.store, layout, run_id, res.plan, Path(res.run["project_root"]), res.options, quiet,
                     resumed=True)
 
@@ -257,7 +269,7 @@ def logs(run_id, ws_id, attempt, conversation, state_dir) -> None:
         click.echo(render_conversation(conv))
         return
     if not Path(path).is_file():
-        raise click.ClickException(f"log file {path} is missing")
+        raise UsageError(f"log file {path} is missing (removed by hand?)")
     with open(path, "rb") as fh:
         sys.stdout.buffer.write(fh.read())
 
@@ -307,10 +319,7 @@ def clean(run_id, everything, state_dir) -> None:
 
 
 def main() -> None:
-    try:
-        cli(standalone_mode=True)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    cli(standalone_mode=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

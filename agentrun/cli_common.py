@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .errors import AgentrunError
+from .errors import EXIT_INTERRUPTED, AgentrunError
 
 state_dir_option = click.option("--state-dir", type=click.Path(file_okay=False),
                                 help="State directory (default: .agentrun/ in the project root).")
@@ -23,4 +23,7 @@ def handle_errors(fn):
             for line in exc.lines():
                 click.echo(f"error: {line}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
     return wrapper

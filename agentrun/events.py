@@ -14,7 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from . import crashpoints
 
@@ -63,14 +63,15 @@ class EventLog:
         keep = complete_size(fd, size)
         if keep != size:
             os.ftruncate(fd, keep)
-        tail = os.pread(fd, min(keep, TAIL_BYTES), keep - min(keep, TAIL_BYTES))
         self._seq = 0
-        for line in reversed(tail.splitlines()):
+        end = keep
+        while end > 0:  # from the last complete line backwards, to the last one that parses
+            start = complete_size(fd, end - 1)
             try:
-                self._seq = int(json.loads(line)["seq"])
+                self._seq = int(json.loads(os.pread(fd, end - start, start))["seq"])
                 break
             except (ValueError, KeyError, TypeError):
-                continue
+                end = start
         return keep
 
     def close(self) -> None:
@@ -131,7 +132,3 @@ def read_events(path: str | Path, offset: int = 0) -> tuple[list[dict], int, int
             bad += 1
     return records, offset + end + 1, bad
 
-
-def iter_events(path: str | Path) -> Iterator[dict]:
-    records, _, _ = read_events(path)
-    yield from records

@@ -9,7 +9,7 @@ of SQL, scheduling or git. ``CommandExecutor`` runs ``run = ...``;
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from . import procs
@@ -26,7 +26,6 @@ class AttemptContext:
     on_spawn: Callable[[int, int], None] = lambda pid, pgid: None
     on_heartbeat: Callable[[], None] = lambda: None
     heartbeat: float | None = None
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -60,7 +59,10 @@ def run_command(command: Command, ctx: AttemptContext, *, timeout: float | None)
     if code == 0:
         return ExecResult("ok", 0)
     if sig is not None:
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
         return ExecResult("failed", None, sig, f"killed by {name}")
     return ExecResult("failed", exit_code, None, f"exit code {exit_code}")
 

@@ -12,7 +12,7 @@ from .errors import GitError  # noqa: F401  (re-exported for callers)
 
 # agentrun's own commits must not depend on the user's identity being set, nor
 # run their hooks (a hook that edits or rejects would make verification lie).
-_IDENTITY = {"GIT_AUTHOR_NAME": "agentrun", "GIT_AUTHOR_EMAIL": "agentrun@localhost",
+IDENTITY = {"GIT_AUTHOR_NAME": "agentrun", "GIT_AUTHOR_EMAIL": "agentrun@localhost",
              "GIT_COMMITTER_NAME": "agentrun", "GIT_COMMITTER_EMAIL": "agentrun@localhost"}
 
 
@@ -85,7 +85,7 @@ def commit_all(worktree: Path, message: str, exclude: list[str] = ()) -> str | N
     run(worktree, "add", "-A", "--", ".", *_excludes(exclude))
     if run(worktree, "diff", "--cached", "--quiet", check=False).returncode == 0:
         return None
-    run(worktree, "commit", "-q", "--no-verify", "-m", message, env=_IDENTITY)
+    run(worktree, "commit", "-q", "--no-verify", "-m", message, env=IDENTITY)
     return out(worktree, "rev-parse", "HEAD")
 
 
@@ -110,16 +110,12 @@ def snapshot_tree(worktree: Path, message: str) -> str | None:
         if index.exists():
             private.write_bytes(index.read_bytes())
         run(worktree, "add", "-A", env=env)
-        tree = out_env(worktree, env, "write-tree")
+        tree = run(worktree, "write-tree", env=env).stdout.strip()
         parent = rev(worktree, "HEAD")
         args = ["commit-tree", tree, "-m", message] + (["-p", parent] if parent else [])
-        return run(worktree, *args, env={**env, **_IDENTITY}).stdout.strip()
+        return run(worktree, *args, env={**env, **IDENTITY}).stdout.strip()
     finally:
         private.unlink(missing_ok=True)
-
-
-def out_env(cwd: Path, env: dict[str, str], *args: str) -> str:
-    return run(cwd, *args, env=env).stdout.strip()
 
 
 _common_dirs: dict[str, Path] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -134,10 +134,7 @@ class GateRunner:
             name = gate.display()
             self.log(f"gate ({phase}): {name}")
             started = time.time()
-            ctx = AttemptContext(workdir=str(workdir), env=self.actx.env, log_fd=self.actx.log_fd,
-                                 timeout=self.ws.timeout, cancel_fd=self.actx.cancel_fd,
-                                 heartbeat=self.actx.heartbeat, on_heartbeat=self.actx.on_heartbeat)
-            result = run_command(gate, ctx, timeout=self.ws.timeout)
+            result = run_command(gate, replace(self.actx, workdir=str(workdir)), timeout=self.ws.timeout)
             results[name] = result
             status = "passed" if result.status == "ok" else result.status
             if status in ("failed", "timeout") and (phase == "baseline" or name in excused):
@@ -208,11 +205,11 @@ def integrate(gr: GitRun, run_id: str, ws: Workstream, wsp: Workspace, gates: Ga
             git.run(wsp.path, "clean", "-q", "-fd", *[f"--exclude={c}" for c in wsp.copied])
         if not git.is_ancestor(wsp.path, tip, "HEAD"):
             if ws.merge == "rebase":
-                proc = git.run(wsp.path, "rebase", "-q", tip, check=False, env=git._IDENTITY)
+                proc = git.run(wsp.path, "rebase", "-q", "--no-verify", tip, check=False, env=git.IDENTITY)
                 abort = ("rebase", "--abort")
             else:
-                proc = git.run(wsp.path, "merge", "-q", "--no-ff", "--no-edit", tip, check=False,
-                               env=git._IDENTITY)
+                proc = git.run(wsp.path, "merge", "-q", "--no-ff", "--no-edit", "--no-verify", tip, check=False,
+                               env=git.IDENTITY)
                 abort = ("merge", "--abort")
             if proc.returncode != 0:
                 files = git.unmerged_files(wsp.path)

@@ -21,7 +21,6 @@ from .integration import rescue_ref
 from .layout import Layout
 from .state import StateStore
 
-STALE_HEARTBEAT_SECONDS = 10.0
 REQUEUE = ("pending", "ready", "running", "retrying", "lost", "interrupted")
 
 
@@ -29,15 +28,9 @@ def orchestrator_alive(run) -> bool:
     return procs.is_alive(run["orchestrator_pid"], run["orchestrator_start"])
 
 
-def is_crashed(run, now: float | None = None) -> bool:
+def is_crashed(run) -> bool:
     """Recorded as running, but its orchestrator process is gone."""
     return run["status"] == "running" and not orchestrator_alive(run)
-
-
-def heartbeat_age(run, now: float | None = None) -> float | None:
-    if not run["heartbeat_at"]:
-        return None
-    return (now or time.time()) - run["heartbeat_at"]
 
 
 @dataclass
@@ -166,13 +159,13 @@ def _repair_git(store: StateStore, run) -> list[str]:
         actions.append(f"removed stale git lock {lock.name}")
     for row in store.workstreams(run["id"]):
         tree = row["worktree"]
-        if not tree or row["status"] == "done" or not Path(tree).is_dir():
-            continue
-        for lock in (Path(git.out(Path(tree), "rev-parse", "--absolute-git-dir")) / "index.lock",):
+        if not tree or row["status"] == "done" or not (Path(tree) / ".git").is_file():
+            continue  # gone, or never finished being created: nothing of ours to save
+        try:
+            lock = Path(git.out(Path(tree), "rev-parse", "--absolute-git-dir")) / "index.lock"
             if lock.exists():
                 lock.unlink()
                 actions.append(f"removed stale index lock in {tree}")
-        try:
             sha = git.snapshot_tree(Path(tree), f"agentrun recover: {row['ws_id']}")
         except git.GitError as exc:
             actions.append(f"could not snapshot {tree}: {exc}")

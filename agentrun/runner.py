@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import crashpoints, git, llm_call, policy, procs, recovery
-from .attempt import Completion, Job, RunContext
+from . import crashpoints, git, llm_call, procs, recovery
+from .attempt import Completion, Job, RunContext, record_outcome
 from .backends import LocalProcessBackend
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SpecError, StateError, UsageError
 from .events import EventLog
+from .executors import ExecResult
 from .integration import GitRun, integration_branch
 from .llm_shared import SharedLLMState
 from .layout import Layout, layout_for, new_run_id, project_root
@@ -140,7 +141,11 @@ def read_history(layout: Layout, ws_ids: list[str]) -> dict[str, list[float]]:
 def create_run(prep: Prepared) -> tuple[StateStore, str]:
     """Write the run and its workstreams; from here on the run exists."""
     opts = prep.options
-    os.makedirs(prep.layout.state_dir, exist_ok=True)
+    try:
+        os.makedirs(prep.layout.state_dir, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"{prep.layout.state_dir}: cannot create the state directory ({exc.strerror}); "
+                         "pass a writable --state-dir") from None
     store = StateStore(prep.layout.db_path)
     run_id = new_run_id()
     while store.run(run_id) is not None:
@@ -165,6 +170,8 @@ def create_run(prep: Prepared) -> tuple[StateStore, str]:
                                "with_deps": opts.with_deps, "llm": prep.source.llm.to_json(),
                                "source_digest": source_digest(opts.source)}),
         "status": "running", "created_at": time.time(), "max_workers": opts.max_workers,
+        "orchestrator_pid": os.getpid(), "orchestrator_start": procs.proc_start_time(os.getpid()),
+        "heartbeat_at": time.time(),
         "schedule": opts.schedule, "spec_hash": json_dumps(sorted(hashes.items())),
         "notes": json_dumps(prep.notes), **git_fields,
     }
@@ -184,6 +191,7 @@ class Resumption:
     options: RunOptions
     notes: list[str]
     recovered: list[str]
+    final_status: str | None = None    # with no plan: the run's status, now that nothing is left
 
 
 def prepare_resume(layout: Layout, run_id: str, *, accept_changes: bool, max_workers: int | None) -> Resumption:
@@ -206,7 +214,7 @@ def prepare_resume(layout: Layout, run_id: str, *, accept_changes: bool, max_wor
                          with_deps=saved["with_deps"], state_dir=str(layout.state_dir), into=run["into_branch"])
     if run["status"] == "done":
         return Resumption(store, run, None, options, [f"run {run_id} already finished with every workstream "
-                                                      "done; nothing to resume"], recovered)
+                                                      "done; nothing to resume"], recovered, "done")
     rows = {r["ws_id"]: r for r in store.workstreams(run_id)}
     recorded = workstreams_from_snapshots([json.loads(r["spec"]) for r in rows.values()], run["source"])
     notes, current = _compare_source(run["source"], recorded, rows, accept_changes, saved.get("source_digest"))
@@ -216,7 +224,11 @@ def prepare_resume(layout: Layout, run_id: str, *, accept_changes: bool, max_wor
         failed = sorted(w for w, r in rows.items() if r["status"] in ("failed", "conflict"))
         notes.append(f"run {run_id} has no lost, interrupted or pending work; nothing to resume"
                      + (f" (failed: {', '.join(failed)}; edit them and pass --accept-changes to retry)" if failed else ""))
-        return Resumption(store, run, None, options, notes, recovered)
+        final = "failed" if any(r["status"] != "done" for r in rows.values()) else "done"
+        if run["status"] != final:  # e.g. every workstream finished, but the orchestrator died first
+            store.update_run(run_id, status=final, finished_at=time.time())
+            notes.append(f"marked the run {final}")
+        return Resumption(store, run, None, options, notes, recovered, final)
     reset |= {w for w, r in rows.items() if r["status"] == "blocked"}  # re-derived from what still fails
     with store.write() as db:
         for ws_id, ws in current.items():
@@ -227,7 +239,18 @@ def prepare_resume(layout: Layout, run_id: str, *, accept_changes: bool, max_wor
         db.executemany("UPDATE workstreams SET status = 'pending', retry_at = NULL WHERE run_id = ? AND ws_id = ?",
                        [(run_id, w) for w in sorted(reset)])
     plan = build_plan(list(current.values()), read_history(layout, list(current)))
+    claim_run(store, run_id)
     return Resumption(store, run, plan, options, notes, recovered)
+
+
+def claim_run(store: StateStore, run_id: str) -> None:
+    """Mark the run as ours, atomically: two resumes of one run cannot both go ahead."""
+    with store.write() as db:
+        got = db.execute("UPDATE runs SET status = 'running', orchestrator_pid = ?, orchestrator_start = ?, "
+                         "heartbeat_at = ?, finished_at = NULL WHERE id = ? AND status != 'running' RETURNING id",
+                         (os.getpid(), procs.proc_start_time(os.getpid()), time.time(), run_id)).fetchone()
+    if got is None:
+        raise UsageError(f"run {run_id} is already being resumed by another agentrun process")
 
 
 def _compare_source(source: str, recorded: dict, rows: dict, accept: bool,
@@ -339,8 +362,8 @@ class Orchestrator:
         newly_blocked = sorted(self.sched.blocked - failed - already)
         self.store.update_run(self.run_id, status="running", orchestrator_pid=os.getpid(),
                               orchestrator_start=procs.proc_start_time(os.getpid()), heartbeat_at=time.time())
-        self.events.emit("run_resumed" if self.resumed else "run_started", workers=self.options.max_workers, schedule=self.options.schedule,
-                         workstreams=len(self.plan.workstreams))
+        self.events.emit("run_resumed" if self.resumed else "run_started", workers=self.options.max_workers,
+                         schedule=self.options.schedule, workstreams=len(self.plan.workstreams))
         if newly_blocked:  # on resume: dependents of work that failed before
             self.store.set_status(self.run_id, newly_blocked, "blocked", error="a dependency failed",
                                   now=time.time())
@@ -369,13 +392,19 @@ class Orchestrator:
                     self.store.update_run(self.run_id, heartbeat_at=time.time())
                     last_beat = time.monotonic()
                 self._show()
+        except BaseException as exc:
+            # Whatever went wrong here, running work is stopped and the run is recorded
+            # as ended before the error surfaces.
+            self.stop_reason = self.stop_reason or f"error: {type(exc).__name__}: {exc}"
+            raise
         finally:
             if self.stop_reason is not None:
                 backend.cancel_all()
             for c in backend.shutdown():
                 self._handle(c)
+            result = self._finish()
             self._restore_signals()
-        return self._finish()
+        return result
 
     def _reopen(self) -> None:
         self.store = StateStore(self.layout.db_path)
@@ -423,27 +452,27 @@ class Orchestrator:
                     self.events.emit("ws_blocked", ws_id, None, because=c.ws_id)
             if self.options.fail_fast and self.stop_reason is None:
                 self.stop_reason = "fail-fast"
+        elif c.status == "requeue":
+            self.attempts[c.ws_id] = c.attempt - 1
+            sched.requeue(c.ws_id)
         else:  # interrupted or skipped: it stopped without an outcome
             sched.release(c.ws_id)
 
     def _record_crash(self, c: Completion) -> Completion:
-        ws = self.plan.workstreams[c.ws_id]
-        failures = self.store.failures(self.run_id, c.ws_id) + 1
-        decision = policy.after_attempt("crashed", failures, ws.retries + 1, ws.retry_backoff)
-        now = time.time()
-        retry_at = now + decision.retry_in if decision.retry_in is not None else None
-        with self.store.write() as db:
-            db.execute("UPDATE attempts SET status = 'crashed', finished_at = ?, error = ? "
-                       "WHERE run_id = ? AND ws_id = ? AND attempt = ? AND status = 'running'",
-                       (now, c.error, self.run_id, c.ws_id, c.attempt))
-            db.execute("UPDATE workstreams SET status = ?, retry_at = ?, error = ? WHERE run_id = ? AND ws_id = ?",
-                       (decision.ws_status, retry_at, c.error, self.run_id, c.ws_id))
+        """A worker died holding this attempt. If it had already recorded an outcome, that
+        stands; otherwise stop what the attempt started and count it as a failed attempt."""
+        row = self.store.db.execute("SELECT * FROM attempts WHERE run_id = ? AND ws_id = ? AND attempt = ?",
+                                    (self.run_id, c.ws_id, c.attempt)).fetchone()
+        if row is None:  # died before claiming: nothing ran, the same attempt goes again
+            return Completion(c.ws_id, c.attempt, "requeue", error=c.error)
+        if row["status"] != "running":
+            ws_row = self.store.workstream(self.run_id, c.ws_id)
+            return Completion(c.ws_id, c.attempt, ws_row["status"], ws_row["retry_at"], ws_row["error"])
+        if row["pgid"] and procs.is_alive(row["pid"], row["proc_start"]):
+            procs.stop_group(row["pgid"])
         self.events.emit("ws_crashed", c.ws_id, c.attempt, error=c.error)
-        if decision.ws_status == "failed":
-            self.events.emit("ws_failed", c.ws_id, c.attempt, error=c.error)
-        else:
-            self.events.emit("ws_retrying", c.ws_id, c.attempt, error=c.error)
-        return Completion(c.ws_id, c.attempt, decision.ws_status, retry_at, c.error)
+        return record_outcome(Job(c.ws_id, c.attempt), self.ctx, self.store, self.events, row["id"],
+                              ExecResult("crashed", error=c.error))
 
     def _check_llm_limits(self) -> None:
         """A fatal API error stops the run; the run budget warns, drains (soft) or stops (hard)."""

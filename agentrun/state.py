@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -42,10 +41,14 @@ class StateStore:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if self.readonly:
                 version = db.execute("SELECT COALESCE(MAX(version), 0) FROM migrations").fetchone()[0]
-                if version != SCHEMA_VERSION:
-                    raise StateError(f"{self.path}: state DB schema version {version}, this agentrun "
-                                     f"uses {SCHEMA_VERSION}; run any writing command (e.g. `agentrun run "
-                                     "--dry-run`) with a matching agentrun to upgrade it")
+                if version > SCHEMA_VERSION:
+                    raise StateError(f"{self.path}: state DB schema version {version} is newer than this "
+                                     f"agentrun understands ({SCHEMA_VERSION}); upgrade agentrun")
+                if version < SCHEMA_VERSION:
+                    # An older DB is upgraded on first use, even by a reader.
+                    db.close()
+                    StateStore(self.path).close()
+                    return self._connect()
             else:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
@@ -233,6 +236,3 @@ class StateStore:
 def json_dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
-
-def now() -> float:
-    return time.time()
