@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from .agent import Conversation, LLMAgentExecutor, read_new_output
 from .executors import AttemptContext, CommandExecutor, ExecResult, Executor, run_command
 from . import git
 from .integration import (GateRunner, GitRun, Workspace, already_integrated, commit_message, free_port,
-                          integrate, make_tmpdir, prepare_workspace, rescue_and_remove, rescue_ref, verify)
+                          integrate, prepare_workspace, rescue_and_remove, rescue_ref, verify)
 from .layout import Layout
 from .llm_call import ModelCaller
 from .llm_shared import SharedLLMState
@@ -74,12 +75,29 @@ def llm_concurrency(max_workers: int) -> int:
     return max(1, max_workers)
 
 
+def fresh_tmpdir(path: Path) -> str:
+    """An empty private temporary directory. One per worker lane, emptied between attempts:
+    no two running workstreams share it, and making a directory per attempt costs more
+    than most short commands."""
+    try:
+        leftovers = list(os.scandir(path))
+    except FileNotFoundError:
+        path.mkdir(parents=True)
+        leftovers = []
+    for entry in leftovers:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            os.unlink(entry.path)
+    return str(path)
+
+
 def conversation_path(layout: Layout, run_id: str, ws_id: str, attempt: int) -> Path:
     return layout.run_dir(run_id) / "conversations" / f"{ws_id}.{attempt}.jsonl"
 
 
-def attempt_env(ctx: RunContext, ws: Workstream, attempt: int, workdir: Path,
-                conflict_files: list[str]) -> dict[str, str]:
+def attempt_env(ctx: RunContext, ws: Workstream, attempt: int, workdir: Path, conflict_files: list[str],
+                lane: int) -> dict[str, str]:
     env = dict(ctx.base_env)
     env.update(ws.env)
     env.update({
@@ -90,7 +108,7 @@ def attempt_env(ctx: RunContext, ws: Workstream, attempt: int, workdir: Path,
         "AGENTRUN_WORKDIR": str(workdir),
         "AGENTRUN_WORKTREE": str(workdir) if ctx.isolated(ws) else "",
         "AGENTRUN_PORT": str(free_port()),
-        "TMPDIR": make_tmpdir(ctx.layout.tmp_dir(ctx.run_id, ws.id) / str(attempt)),
+        "TMPDIR": fresh_tmpdir(ctx.layout.tmp_dir(ctx.run_id, lane)),
     })
     if conflict_files:
         env["AGENTRUN_CONFLICT_FILES"] = "\n".join(conflict_files)
@@ -101,8 +119,9 @@ class Attempt:
     """The steps of one claimed attempt; ``run`` returns the ExecResult that decides its outcome."""
 
     def __init__(self, job: Job, ctx: RunContext, store: StateStore, events: EventLog, attempt_id: int,
-                 row, log_fd: int, cancel_fd: int | None):
+                 row, log_fd: int, cancel_fd: int | None, lane: int = 0):
         self.job, self.ctx, self.store, self.events = job, ctx, store, events
+        self.lane = lane
         self.row = row
         self.ws = ctx.workstreams[job.ws_id]
         self.attempt_id = attempt_id
@@ -142,7 +161,8 @@ class Attempt:
         if not workdir.is_dir():
             return ExecResult("failed", error=f"cwd {ws.cwd!r} does not exist in {self.wsp.path}")
         actx = AttemptContext(
-            workdir=str(workdir), env=attempt_env(ctx, ws, job.attempt, self.wsp.path, conflict_files),
+            workdir=str(workdir), env=attempt_env(ctx, ws, job.attempt, self.wsp.path, conflict_files,
+                                                  self.lane),
             log_fd=self.log_fd, timeout=ws.timeout, cancel_fd=self.cancel_fd, on_spawn=self._on_spawn,
             on_heartbeat=lambda: self.store.heartbeat_attempt(self.attempt_id, time.time()),
             heartbeat=ATTEMPT_HEARTBEAT_SECONDS)
@@ -247,16 +267,16 @@ def run_attempt(job: Job, ctx: RunContext, store: StateStore, events: EventLog, 
                 external_id: str, cancel_fd: int | None) -> Completion:
     ws = ctx.workstreams[job.ws_id]
     log_path = ctx.layout.log_path(ctx.run_id, ws.id, job.attempt)
-    attempt_id = store.claim(ctx.run_id, ws.id, job.attempt, lane=lane, external_id=external_id,
-                             log_path=str(log_path), now=time.time())
-    if attempt_id is None:
+    claimed = store.claim(ctx.run_id, ws.id, job.attempt, lane=lane, external_id=external_id,
+                          log_path=str(log_path), now=time.time())
+    if claimed is None:
         return Completion(ws.id, job.attempt, "skipped", error="not ready when claimed")
+    attempt_id, row = claimed
     crashpoints.hit("after-claim")
     events.emit("ws_started", ws.id, job.attempt, lane=lane, worker=external_id)
     log_fd = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        row = store.workstream(ctx.run_id, ws.id)
-        attempt = Attempt(job, ctx, store, events, attempt_id, row, log_fd, cancel_fd)
+        attempt = Attempt(job, ctx, store, events, attempt_id, row, log_fd, cancel_fd, lane)
         if row["integrated_commit"] or attempt.integrated_before_crash():
             # Integrated before a crash but not recorded done: never run or merge it twice.
             attempt.log("already integrated by an earlier attempt; recording it as done")

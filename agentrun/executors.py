@@ -43,11 +43,11 @@ class Executor(Protocol):
 def run_command(command: Command, ctx: AttemptContext, *, timeout: float | None) -> ExecResult:
     """Run one command in its own process group, bounded by ``timeout`` and cancellable."""
     try:
-        proc = procs.spawn(command.popen_args(), cwd=ctx.workdir, env=ctx.env, log_fd=ctx.log_fd)
+        pid = procs.spawn(command.popen_args(), cwd=ctx.workdir, env=ctx.env, log_fd=ctx.log_fd)
     except OSError as exc:
         return ExecResult("failed", error=f"cannot start {command.display()!r}: {exc.strerror or exc}")
-    ctx.on_spawn(proc.pid, proc.pid)
-    end = procs.wait(proc, timeout=timeout, cancel_fd=ctx.cancel_fd,
+    ctx.on_spawn(pid, pid)
+    end = procs.wait(pid, timeout=timeout, cancel_fd=ctx.cancel_fd,
                      heartbeat=ctx.heartbeat, on_heartbeat=ctx.on_heartbeat)
     code = end.returncode
     sig = -code if code is not None and code < 0 else None

@@ -8,7 +8,6 @@ compare-and-swap of its ref.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -254,10 +253,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-def make_tmpdir(path: Path) -> str:
-    os.makedirs(path, exist_ok=True)
-    return str(path)
 
 
 def fast_forward(repo: Path, branch: str, target: str) -> str:

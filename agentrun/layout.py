@@ -48,8 +48,8 @@ class Layout:
     def log_path(self, run_id: str, ws_id: str, attempt: int) -> Path:
         return self.logs_dir(run_id) / f"{ws_id}.{attempt}.log"
 
-    def tmp_dir(self, run_id: str, ws_id: str) -> Path:
-        return self.run_dir(run_id) / "tmp" / ws_id
+    def tmp_dir(self, run_id: str, lane: int) -> Path:
+        return self.run_dir(run_id) / "tmp" / f"lane-{lane}"
 
     def worktrees_dir(self, run_id: str) -> Path:
         return self.state_dir / "worktrees" / run_id

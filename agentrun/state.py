@@ -119,23 +119,23 @@ class StateStore:
                 [(status, error, final, now, run_id, w, *only_from) for w in ids])
 
     def claim(self, run_id: str, ws_id: str, attempt: int, *, lane: int, external_id: str,
-              log_path: str, now: float) -> int | None:
+              log_path: str, now: float) -> tuple[int, sqlite3.Row] | None:
         """Atomically move a ready workstream to running and open its attempt row.
 
-        Returns the attempt row id, or None when it was not ready (someone else
-        has it, or it was cancelled meanwhile).
+        Returns the attempt row id and the workstream row, or None when it was not
+        ready (someone else has it, or it was cancelled meanwhile).
         """
         with self.write() as db:
             row = db.execute("UPDATE workstreams SET status = 'running', attempt = ?, "
                              "started_at = COALESCE(started_at, ?) "
-                             "WHERE run_id = ? AND ws_id = ? AND status = 'ready' RETURNING ws_id",
+                             "WHERE run_id = ? AND ws_id = ? AND status = 'ready' RETURNING *",
                              (attempt, now, run_id, ws_id)).fetchone()
             if row is None:
                 return None
             cur = db.execute("INSERT INTO attempts (run_id, ws_id, attempt, status, lane, external_id, "
                              "started_at, heartbeat_at, log_path) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
                              (run_id, ws_id, attempt, lane, external_id, now, now, log_path))
-            return cur.lastrowid
+            return cur.lastrowid, row
 
     def record_spawn(self, attempt_id: int, pid: int, pgid: int, proc_start: str | None) -> None:
         with self.write() as db:
