@@ -19,6 +19,7 @@ from typing import Callable
 from . import context, edits
 from .executors import AttemptContext, ExecResult
 from .integration import in_scope
+from .llm_client import redact
 from .llm_call import ContextTooLarge, LLMStop, ModelCaller
 from .models import Model
 from .spec import Workstream
@@ -100,6 +101,14 @@ class LLMAgentExecutor:
         self.run_gates = run_gates
         self.log = log
         self.calibration = calibration
+        # the chain's API keys: gates inherit the environment, and what they print goes to the model
+        self.secrets = sorted({os.environ[m.api_key_env] for m in chain
+                               if m.api_key_env and os.environ.get(m.api_key_env)}, key=len, reverse=True)
+
+    def _redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = redact(text, secret)
+        return text
 
     def _fit(self, ws: Workstream, task: str, targets: dict[str, str], related) -> tuple[context.Fitted, Model]:
         """Fit the prompt to the first model of the chain whose window holds the task and the targets."""
@@ -115,7 +124,10 @@ class LLMAgentExecutor:
 
     def execute(self, ws: Workstream, ctx: AttemptContext) -> ExecResult:
         try:
-            return self._execute(ws)
+            result = self._execute(ws)
+            if result.status == "failed":
+                self.caller.forget()   # a retry must not replay this failing conversation from the cache
+            return result
         except LLMStop as exc:
             self.log(f"agent stopped: {exc}")
             self.conversation.add("stopped", reason=str(exc))
@@ -181,7 +193,7 @@ class LLMAgentExecutor:
             if repairs > ws.max_repairs:
                 return ExecResult("failed", error=f"gate failed after {ws.max_repairs} repair(s): {failing[0][0]}")
             report = "\n\n".join(f"The command `{name}` failed ({result.error}). Its output ends with:\n"
-                                 f"{output[-GATE_OUTPUT_CHARS:]}" for name, result, output in failing)
+                                 f"{self._redact(output)[-GATE_OUTPUT_CHARS:]}" for name, result, output in failing)
             feedback = f"{report}\n\nFix the problem with further edits to the editable files."
             self.log(f"agent: gate failed, asking for repair {repairs} of {ws.max_repairs}")
             messages.append({"role": "user", "content": feedback})

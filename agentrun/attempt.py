@@ -99,6 +99,12 @@ def conversation_path(layout: Layout, run_id: str, ws_id: str, attempt: int) -> 
 def attempt_env(ctx: RunContext, ws: Workstream, attempt: int, workdir: Path, conflict_files: list[str],
                 lane: int) -> dict[str, str]:
     env = dict(ctx.base_env)
+    if ws.agent and ctx.llm is not None:
+        # The agent's gates and setup never need the model's API key: keep it out of
+        # their environment, and so out of anything they might print.
+        for model in ctx.llm.chain_for(ws):
+            if model.api_key_env:
+                env.pop(model.api_key_env, None)
     env.update(ws.env)
     env.update({
         "AGENTRUN_RUN_ID": ctx.run_id,

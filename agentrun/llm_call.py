@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import select
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -20,11 +21,15 @@ from typing import Callable
 from . import budget, llm_client, llm_policy
 from .events import EventLog
 from .llm_client import ChatRequest, ChatResponse, LLMError
-from .llm_shared import SharedLLMState, cache_key
+from .llm_shared import SharedLLMState, Slot, cache_key
 from .models import Model
 from .spec import Budget
 
 SLOT_POLL_SECONDS = (0.02, 0.25)
+CANCEL_POLL_SECONDS = 0.05
+# A 429 that arrives while other calls to the provider are in flight is the limiter's business (it halves
+# the cap): it does not count as a try on the model, up to this many times per request.
+CROWDED_RATE_LIMIT_RETRIES = 8
 
 
 class LLMStop(Exception):
@@ -78,6 +83,13 @@ class ModelCaller:
         self.rng = rng or random.Random()
         self.timeouts = timeouts
         self._warned: set[str] = set()
+        # model name -> (estimated prompt tokens a server refused as too large, its n_prompt, its n_ctx):
+        # a prompt at least that large is never sent to that model again (the conversation only grows).
+        self._overflow: dict[str, tuple[int, int | None, int | None]] = {}
+        self.cache_keys: list[str] = []        # cache entries this caller read or wrote
+        # A fatal error already recorded when this attempt began is from before a resume (the user
+        # has presumably fixed it); only one recorded since stops this caller's calls.
+        self._fatal_before = shared.fatal()
 
     # --- waiting, interruptibly --------------------------------------------------
     def _sleep(self, seconds: float) -> None:
@@ -90,7 +102,7 @@ class ModelCaller:
         if ready:
             raise Cancelled("stopped: run interrupted")
 
-    def _slot(self, model: Model) -> int:
+    def _slot(self, model: Model) -> Slot:
         provider = provider_of(model)
         while True:
             slot = self.shared.try_acquire(provider, self.max_concurrent)
@@ -134,6 +146,16 @@ class ModelCaller:
             if est + out > model.context_window:
                 reasons.append(f"{model.name}: context window {model.context_window} < ~{est + out} tokens")
                 continue
+            overflow = self._overflow.get(model.name)
+            if overflow is not None and self._still_too_large(est, *overflow):
+                reasons.append(f"{model.name}: prompt too large for its context window (the server refused "
+                               f"~{overflow[0]} tokens before)")
+                continue
+            if model.api_key_env and not os.environ.get(model.api_key_env):
+                # preflight only insists on the primary's key; a fallback without one is skipped, never
+                # called without a key (its 401 would stop the whole run)
+                reasons.append(f"{model.name}: ${model.api_key_env} is not set")
+                continue
             reply = self._on_model(model, messages, est, out, reasons)
             if reply is not None:
                 if index:
@@ -144,10 +166,19 @@ class ModelCaller:
             raise ContextTooLarge("the prompt fits no model in the chain: " + "; ".join(reasons))
         raise NoModelAvailable("no model could answer: " + "; ".join(reasons))
 
+    @staticmethod
+    def _still_too_large(est: int, refused_est: int, n_prompt: int | None, n_ctx: int | None) -> bool:
+        if est >= refused_est:
+            return True
+        if n_prompt and n_ctx and refused_est > 0:      # scale by what the server counted
+            return est * n_prompt / refused_est > n_ctx
+        return False
+
     def _on_model(self, model: Model, messages: list[dict], est: int, out: int, reasons: list[str]) -> Reply | None:
         key = cache_key(model.id, messages, out)
         hit = self.shared.cached(key)
         if hit is not None:
+            self.cache_keys.append(key)
             response = ChatResponse(**hit)
             self.shared.record_call(ws_id=self.ws_id, attempt=self.attempt, model=model.name, model_id=model.id,
                                     provider=provider_of(model), status="cached", est_prompt_tokens=est,
@@ -155,35 +186,54 @@ class ModelCaller:
             return Reply(response, model, True)
         api_key = os.environ.get(model.api_key_env) if model.api_key_env else None
         request = ChatRequest(model.id, messages, out)
-        tries = 0
+        tries = 0           # requests sent to this model for this call
+        strikes = 0         # the tries that count against the policy's limit
+        crowded_retries = 0
         while True:
+            self._check_fatal()
             self._check_budgets(model, est, out)
             slot = self._slot(model)
             started = time.time()
             outcome = "other"
             try:
-                response = llm_client.complete(model.base_url, api_key, request, connect_timeout=self.timeouts[0],
-                                               read_timeout=self.timeouts[1])
+                response = self._call(model, api_key, request)
                 outcome = "ok"
             except LLMError as exc:
                 error = exc
-                if exc.kind in (llm_client.RATE_LIMIT, llm_client.QUOTA):
+                if exc.kind == llm_client.RATE_LIMIT:
                     outcome = "rate_limited"
             finally:
-                self.shared.release(slot, provider_of(model), outcome)
+                self.shared.release(slot.id, provider_of(model), outcome)
             if outcome == "ok":
                 self._record_ok(model, response, est, tries, started)
                 self.shared.succeeded(model.name)
                 self.shared.cache(key, asdict(response))
+                self.cache_keys.append(key)
                 return Reply(response, model, False)
             tries += 1
+            crowded = (error.kind == llm_client.RATE_LIMIT and slot.others > 0
+                       and crowded_retries < CROWDED_RATE_LIMIT_RETRIES)
+            if crowded:
+                crowded_retries += 1
+            else:
+                strikes += 1
             self.shared.record_call(ws_id=self.ws_id, attempt=self.attempt, model=model.name, model_id=model.id,
                                     provider=provider_of(model), status=error.kind, est_prompt_tokens=est,
                                     latency_s=time.time() - started, retry=tries - 1, started_at=started,
                                     error=str(error)[:500])
-            action = llm_policy.decide(error, tries, now=time.time(), rng=self.rng, key_env=model.api_key_env)
+            action = llm_policy.decide(error, max(1, strikes), now=time.time(), rng=self.rng,
+                                       key_env=model.api_key_env)
+            if crowded and isinstance(action, llm_policy.Rotate) and error.retry_after is None:
+                # our own concurrency caused it: the limiter has just lowered the cap; back off and retry
+                action = llm_policy.Retry(llm_policy.backoff_full_jitter(crowded_retries - 1, rng=self.rng))
+            if isinstance(action, llm_policy.Fatal) and error.kind == llm_client.AUTH and not model.api_key_env:
+                action = llm_policy.Fatal(f"authentication failed for model {model.name} ({model.id}) at "
+                                          f"{model.base_url}: {error.message}. The endpoint wants an API key, "
+                                          f"and [models.{model.name}] names none: set api_key_env to the "
+                                          f"environment variable that holds it.")
             if isinstance(action, llm_policy.Retry):
-                self.shared.failed(model.name, error.kind)
+                if error.kind != llm_client.RATE_LIMIT:     # the limiter handles rate limits, not the breaker
+                    self.shared.failed(model.name, error.kind)
                 if error.kind == llm_client.RATE_LIMIT:
                     self.events.emit("llm_rate_limited", self.ws_id, self.attempt, model=model.name,
                                      retry_in=round(action.delay, 2))
@@ -203,6 +253,9 @@ class ModelCaller:
                 reasons.append(f"{model.name}: not found, dropped for this run")
                 self.events.emit("llm_dropped", self.ws_id, self.attempt, model=model.name)
             elif isinstance(action, llm_policy.Shrink):
+                seen = self._overflow.get(model.name)
+                if seen is None or est < seen[0]:
+                    self._overflow[model.name] = (est, action.n_prompt_tokens, action.n_ctx)
                 reasons.append(f"{model.name}: prompt too large for its context window "
                                f"({action.n_prompt_tokens or '?'} > {action.n_ctx or '?'})")
             elif isinstance(action, llm_policy.Fatal):
@@ -210,6 +263,53 @@ class ModelCaller:
                 self.events.emit("llm_fatal", self.ws_id, self.attempt, model=model.name, detail=action.message)
                 raise FatalLLMError(action.message)
             return None
+
+    def forget(self) -> None:
+        """Drop the cached replies of this attempt: it failed with them, so a retry (or a later run)
+        must ask the model again instead of replaying the same failing conversation from the cache."""
+        self.shared.uncache(self.cache_keys)
+        self.cache_keys = []
+
+    def _check_fatal(self) -> None:
+        """Another workstream of the run hit an error that stops the run: make no further call."""
+        fatal = self.shared.fatal()
+        if fatal and fatal != self._fatal_before:
+            raise FatalLLMError(f"the run was stopped: {fatal}")
+
+    def _call(self, model: Model, api_key: str | None, request: ChatRequest) -> ChatResponse:
+        """One request, bounded by the model's timeout, and abandoned at once when the run is cancelled."""
+        connect, read = self.timeouts
+        total = None
+        if model.timeout is not None:      # [models.NAME] timeout bounds the whole exchange
+            connect, read, total = min(connect, model.timeout), model.timeout, model.timeout
+
+        def call() -> ChatResponse:
+            return llm_client.complete(model.base_url, api_key, request, connect_timeout=connect,
+                                       read_timeout=read, total_timeout=total)
+
+        if self.cancel_fd is None:
+            return call()
+        box: dict = {}
+        done = threading.Event()
+
+        def target() -> None:
+            try:
+                box["response"] = call()
+            except BaseException as exc:    # handed to the caller's thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+        # The request runs in a helper thread so that a cancelled run (hard budget stop, fatal error,
+        # Ctrl-C) does not wait for a slow or hung server; an abandoned request ends at its timeout.
+        threading.Thread(target=target, name="llm-call", daemon=True).start()
+        while not done.is_set():
+            ready, _, _ = select.select([self.cancel_fd], [], [], CANCEL_POLL_SECONDS)
+            if ready and not done.is_set():
+                raise Cancelled("stopped: run interrupted")
+        if "error" in box:
+            raise box["error"]
+        return box["response"]
 
     def _record_ok(self, model: Model, response: ChatResponse, est: int, tries: int, started: float) -> None:
         cost, source = response.cost_usd, "provider"

@@ -1,8 +1,8 @@
 """State about models that every worker process of a run shares, kept in the state DB.
 
 A circuit breaker per model, models exhausted (daily quota) or dropped (404),
-an adaptive cap on concurrent calls per provider (halves on 429, grows by one
-on success), the call ledger that budgets are checked against, and the
+an adaptive cap on concurrent calls per provider (halves on 429, grows by about
+one per round of successful calls), the call ledger that budgets are checked against, and the
 response cache. All of it survives a crash with the run.
 """
 
@@ -36,6 +36,31 @@ class Spent:
     cost_usd: float
     tokens: int
     unknown_cost_calls: int
+
+
+def _alive(pid: int) -> bool:
+    """Is process ``pid`` (on this machine: the local backend's workers) still there?"""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:         # a zombie holds nothing
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A held place in the limiter; ``others``: calls to the provider already in flight when it was taken."""
+
+    id: int
+    others: int
 
 
 def cache_key(model_id: str, messages: list[dict], max_tokens: int) -> str:
@@ -119,14 +144,20 @@ class SharedLLMState:
                                      (self.run_id,)).fetchall()
 
     # --- the shared cap on concurrent calls --------------------------------------
-    def try_acquire(self, provider: str, max_cap: int, now: float | None = None) -> int | None:
-        """A slot id if a call to ``provider`` may start now, else None."""
+    def try_acquire(self, provider: str, max_cap: int, now: float | None = None) -> "Slot | None":
+        """A slot if a call to ``provider`` may start now, else None."""
         now = now or time.time()
         with self.store.write() as db:
             db.execute("INSERT INTO llm_limiter (run_id, provider, cap, max_cap) VALUES (?, ?, ?, ?) "
                        "ON CONFLICT (run_id, provider) DO NOTHING", (self.run_id, provider, max_cap, max_cap))
             db.execute("DELETE FROM llm_slots WHERE run_id = ? AND provider = ? AND expires_at < ?",
                        (self.run_id, provider, now))
+            # A slot whose holder died (kill -9, a crash mid-call) is free at once: a resumed run must not
+            # wait SLOT_SECONDS for it.
+            dead = [(r[0],) for r in db.execute("SELECT id, pid FROM llm_slots WHERE run_id = ? AND provider = ?",
+                                                (self.run_id, provider)) if not _alive(r[1])]
+            if dead:
+                db.executemany("DELETE FROM llm_slots WHERE id = ?", dead)
             cap = db.execute("SELECT cap FROM llm_limiter WHERE run_id = ? AND provider = ?",
                              (self.run_id, provider)).fetchone()[0]
             held = db.execute("SELECT COUNT(*) FROM llm_slots WHERE run_id = ? AND provider = ?",
@@ -135,14 +166,16 @@ class SharedLLMState:
                 return None
             cur = db.execute("INSERT INTO llm_slots (run_id, provider, pid, expires_at) VALUES (?, ?, ?, ?)",
                              (self.run_id, provider, os.getpid(), now + SLOT_SECONDS))
-            return cur.lastrowid
+            return Slot(cur.lastrowid, held)
 
     def release(self, slot: int, provider: str, outcome: str) -> None:
         """``outcome``: "ok" grows the cap by one, "rate_limited" halves it, anything else keeps it."""
         with self.store.write() as db:
             db.execute("DELETE FROM llm_slots WHERE id = ?", (slot,))
             if outcome == "ok":
-                db.execute("UPDATE llm_limiter SET cap = MIN(max_cap, cap + 1) WHERE run_id = ? AND provider = ?",
+                # Additive increase of about one call per round of calls (AIMD), not per call:
+                # growing by one per success overshoots a provider's limit within a round.
+                db.execute("UPDATE llm_limiter SET cap = MIN(max_cap, cap + 1.0 / cap) WHERE run_id = ? AND provider = ?",
                            (self.run_id, provider))
             elif outcome == "rate_limited":
                 db.execute("UPDATE llm_limiter SET cap = MAX(1, cap / 2) WHERE run_id = ? AND provider = ?",
@@ -166,6 +199,10 @@ class SharedLLMState:
         cost, tokens, unknown = self.store.db.execute(sql, args).fetchone()
         return Spent(float(cost), int(tokens), int(unknown))
 
+    def run_budget_refused(self) -> bool:
+        return self.store.db.execute("SELECT 1 FROM llm_calls WHERE run_id = ? AND status = 'budget' "
+                                     "AND error LIKE 'run budget%' LIMIT 1", (self.run_id,)).fetchone() is not None
+
     def cached(self, key: str) -> dict | None:
         row = self.store.db.execute("SELECT response FROM llm_cache WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
@@ -174,6 +211,12 @@ class SharedLLMState:
         with self.store.write() as db:
             db.execute("INSERT OR REPLACE INTO llm_cache (key, response, created_at) VALUES (?, ?, ?)",
                        (key, json.dumps(response), time.time()))
+
+    def uncache(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        with self.store.write() as db:
+            db.executemany("DELETE FROM llm_cache WHERE key = ?", [(k,) for k in set(keys)])
 
     def set_fatal(self, message: str) -> None:
         with self.store.write() as db:

@@ -6,6 +6,8 @@ import difflib
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from .durations import parse_duration
+
 OPENROUTER = "https://openrouter.ai/api/v1"
 EDIT_FORMATS = ("diff", "whole")
 DEFAULT_MODEL = "deepseek-chat"
@@ -22,6 +24,7 @@ class Model:
     input_cost_per_mtok: float | None = None    # USD per million prompt tokens; None = unknown
     output_cost_per_mtok: float | None = None
     max_output_tokens: int = 4096
+    timeout: float | None = None                 # seconds one call may take in all; None = the defaults
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         """Price from the table; None (unknown), never 0, when the table has no price."""
@@ -56,7 +59,8 @@ PRESETS: dict[str, Model] = {m.name: m for m in (
 )}
 
 MODEL_FIELDS = {"id": str, "base_url": str, "api_key_env": str, "context_window": int, "edit_format": str,
-                "input_cost_per_mtok": float, "output_cost_per_mtok": float, "max_output_tokens": int}
+                "input_cost_per_mtok": float, "output_cost_per_mtok": float, "max_output_tokens": int,
+                "timeout": "duration"}
 
 
 def parse_models(section: Any, where: str, problems: list[str]) -> dict[str, Model]:
@@ -76,6 +80,16 @@ def parse_models(section: Any, where: str, problems: list[str]) -> dict[str, Mod
                 hint = difflib.get_close_matches(key, MODEL_FIELDS, n=1)
                 problems.append(f"{where}: [models.{name}] field '{key}': unknown field"
                                 + (f"; did you mean '{hint[0]}'?" if hint else ""))
+                continue
+            if kind == "duration":
+                try:
+                    value = parse_duration(value)
+                    if value <= 0:
+                        raise ValueError("must be greater than zero")
+                except ValueError as exc:
+                    problems.append(f"{where}: [models.{name}] field '{key}': {exc}")
+                    continue
+                values[key] = value
                 continue
             ok = isinstance(value, kind) and not isinstance(value, bool)
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -98,6 +112,10 @@ def parse_models(section: Any, where: str, problems: list[str]) -> dict[str, Mod
             url = values.get("base_url", OPENROUTER)
             base = Model(name, values["id"], api_key_env="OPENROUTER_API_KEY" if url == OPENROUTER else None,
                          input_cost_per_mtok=None, output_cost_per_mtok=None)
+        elif "base_url" in values and values["base_url"] != base.base_url and "api_key_env" not in values:
+            # A preset pointed at another endpoint does not take the preset's key there (an
+            # OpenRouter key must not be sent to a proxy or a local server); name one to send one.
+            values["api_key_env"] = None
         if values.get("api_key_env") == "":
             values["api_key_env"] = None  # api_key_env = "" : a keyless server
         out[name] = replace(base, name=name, **values)

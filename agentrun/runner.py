@@ -246,8 +246,11 @@ def prepare_resume(layout: Layout, run_id: str, *, accept_changes: bool, max_wor
 def claim_run(store: StateStore, run_id: str) -> None:
     """Mark the run as ours, atomically: two resumes of one run cannot both go ahead."""
     with store.write() as db:
+        # A fatal API error of the last session is forgotten: the user has fixed the key (or not,
+        # and the first call says so again).
         got = db.execute("UPDATE runs SET status = 'running', orchestrator_pid = ?, orchestrator_start = ?, "
-                         "heartbeat_at = ?, finished_at = NULL WHERE id = ? AND status != 'running' RETURNING id",
+                         "heartbeat_at = ?, finished_at = NULL, fatal_error = NULL "
+                         "WHERE id = ? AND status != 'running' RETURNING id",
                          (os.getpid(), procs.proc_start_time(os.getpid()), time.time(), run_id)).fetchone()
     if got is None:
         raise UsageError(f"run {run_id} is already being resumed by another agentrun process")
@@ -485,17 +488,20 @@ class Orchestrator:
         if limit.max_cost_usd is None and limit.max_tokens is None:
             return
         spent = shared.spent()
-        over = ((limit.max_cost_usd is not None and spent.cost_usd >= limit.max_cost_usd)
-                or (limit.max_tokens is not None and spent.tokens >= limit.max_tokens))
+        used_up = ((limit.max_cost_usd is not None and spent.cost_usd >= limit.max_cost_usd)
+                   or (limit.max_tokens is not None and spent.tokens >= limit.max_tokens))
+        # A call refused because it would cross the budget was already reported by its worker.
+        refused = not used_up and shared.run_budget_refused()
         near = ((limit.max_cost_usd is not None and spent.cost_usd >= limit.warn_at * limit.max_cost_usd)
                 or (limit.max_tokens is not None and spent.tokens >= limit.warn_at * limit.max_tokens))
         detail = f"spent ${spent.cost_usd:.4f} and {spent.tokens} tokens"
         if near and "warn" not in self._budget_events:
             self._budget_events.add("warn")
             self.events.emit("budget_warning", scope="run", detail=detail)
-        if over and "over" not in self._budget_events:
+        if (used_up or refused) and "over" not in self._budget_events:
             self._budget_events.add("over")
-            self.events.emit("budget_exceeded", scope="run", detail=detail, mode=limit.mode)
+            if used_up:
+                self.events.emit("budget_exceeded", scope="run", detail=detail, mode=limit.mode)
             if limit.mode == "soft":
                 self.draining = "budget"
             elif limit.mode == "hard" and self.stop_reason is None:
