@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (EXIT_TARGET_MISSED, agentrun_cmd, check_run, depth, fmt_table, load_note,  # noqa: E402
-                    make_tmp, random_dag, run_process, write_workstreams)
+                    make_tmp, random_dag, run_process, warm_up, write_workstreams)
 
 WORKERS = 4
 TARGET = 1.15
@@ -82,6 +82,7 @@ def main() -> int:
     if note:
         print(note.replace("CPU ms/task is the steadier number", "per-attempt latencies grow"))
     t0 = time.perf_counter()
+    warm_up(root)
     rows = []
     ratios: dict[str, list[float]] = {s: [] for s in SCHEDULES}
     sim_ratios: dict[str, list[float]] = {s: [] for s in SCHEDULES}

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (EXIT_TARGET_MISSED, agentrun_cmd, check_run, depth, fmt_table,  # noqa: E402
-                    independent_graph, invalid, load_note, make_tmp, random_dag, run_process,
+                    independent_graph, invalid, load_note, make_tmp, random_dag, run_process, warm_up,
                     write_makefile, write_workstreams)
 
 THROUGHPUT_TARGET = 0.5      # agentrun tasks/s >= this x make's
@@ -168,6 +168,7 @@ def main() -> int:
         print(note)
     t0 = time.perf_counter()
     try:
+        warm_up(root)
         ok = throughput(root, n, repeat, t0 + (args.budget or (30 if args.quick else 100)))
         ok &= memory(root, mem_n)
     finally:
