@@ -21,14 +21,11 @@ from pathlib import Path
 
 from . import crashpoints, policy, procs
 from .events import EventLog
-from .agent import Conversation, LLMAgentExecutor, read_new_output
 from .executors import AttemptContext, CommandExecutor, ExecResult, Executor, run_command
 from . import git
 from .integration import (GateRunner, GitRun, Workspace, already_integrated, commit_message, free_port,
                           integrate, prepare_workspace, rescue_and_remove, rescue_ref, verify)
 from .layout import Layout
-from .llm_call import ModelCaller
-from .llm_shared import SharedLLMState
 from .spec import Budget, LLMSettings, Workstream
 from .state import StateStore
 
@@ -222,6 +219,10 @@ class Attempt:
         ws, ctx = self.ws, self.ctx
         if not ws.agent:
             return CommandExecutor()
+        # The LLM stack (requests and friends) is loaded only by runs that use it.
+        from .agent import Conversation, LLMAgentExecutor, read_new_output
+        from .llm_call import ModelCaller
+        from .llm_shared import SharedLLMState
         chain = ctx.llm.chain_for(ws)
         shared = SharedLLMState(self.store, ctx.run_id)
         caller = ModelCaller(shared, self.events, ws_id=ws.id, attempt=self.job.attempt, chain=chain,

@@ -18,7 +18,6 @@ from .integration import fast_forward
 from .layout import layout_for, project_root
 from .progress import display_for
 from .attempt import conversation_path
-from .models_view import model_table, render_conversation
 from .scheduler import SCHEDULES
 from .spec import BUDGET_MODES
 from .state import StateStore
@@ -266,6 +265,7 @@ def logs(run_id, ws_id, attempt, conversation, state_dir) -> None:
         conv = conversation_path(layout, run_id, ws_id, number)
         if not conv.is_file():
             raise UsageError(f"workstream '{ws_id}' attempt {number} has no conversation (not an agent workstream?)")
+        from .models_view import render_conversation
         click.echo(render_conversation(conv))
         return
     if not Path(path).is_file():
@@ -280,6 +280,7 @@ def logs(run_id, ws_id, attempt, conversation, state_dir) -> None:
 @handle_errors
 def models(source, state_dir) -> None:
     """List model presets and entries, and the model each agent workstream in SOURCE would get."""
+    from .models_view import model_table
     settings, rows = model_table(source)
     click.echo(f"{'name':<16} {'provider id':<44} {'window':>9} {'edits':<6} {'$/Mtok in':>9} {'$/Mtok out':>10}  key")
     for m in settings:

@@ -46,9 +46,8 @@ def run_command(command: Command, ctx: AttemptContext, *, timeout: float | None)
         pid = procs.spawn(command.popen_args(), cwd=ctx.workdir, env=ctx.env, log_fd=ctx.log_fd)
     except OSError as exc:
         return ExecResult("failed", error=f"cannot start {command.display()!r}: {exc.strerror or exc}")
-    ctx.on_spawn(pid, pid)
-    end = procs.wait(pid, timeout=timeout, cancel_fd=ctx.cancel_fd,
-                     heartbeat=ctx.heartbeat, on_heartbeat=ctx.on_heartbeat)
+    end = procs.wait(pid, timeout=timeout, cancel_fd=ctx.cancel_fd, heartbeat=ctx.heartbeat,
+                     on_heartbeat=ctx.on_heartbeat, on_running=lambda: ctx.on_spawn(pid, pid))
     code = end.returncode
     sig = -code if code is not None and code < 0 else None
     exit_code = code if code is not None and code >= 0 else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import shutil
@@ -10,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 KILL_GRACE_SECONDS = 5.0
+RECORD_AFTER_SECONDS = 0.05
 
 
 def proc_start_time(pid: int) -> str | None:
@@ -60,6 +62,21 @@ _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTER
 _home: str | None = None   # the directory this process returns to after each spawn
 
 
+@functools.lru_cache(maxsize=256)
+def _lookup(program: str, path: str) -> str | None:
+    return shutil.which(program, path=path)
+
+
+def _which(program: str, path: str) -> str:
+    found = _lookup(program, path)
+    if found is None or not os.access(found, os.X_OK):  # gone since it was cached: look again
+        _lookup.cache_clear()
+        found = _lookup(program, path)
+    if found is None:
+        raise FileNotFoundError(2, "command not found", program)
+    return found
+
+
 def spawn(argv: list[str], *, cwd: str, env: dict[str, str], log_fd: int) -> int:
     """Start ``argv`` as the leader of a new session, stdin from /dev/null, output to ``log_fd``.
 
@@ -70,10 +87,7 @@ def spawn(argv: list[str], *, cwd: str, env: dict[str, str], log_fd: int) -> int
     """
     program = argv[0]
     if "/" not in program:
-        found = shutil.which(program, path=env.get("PATH", os.defpath))
-        if found is None:
-            raise FileNotFoundError(2, "command not found", program)
-        program = found
+        program = _which(program, env.get("PATH", os.defpath))
     # posix_spawn has no working-directory action: change ours around the call
     # (workers are single-threaded and use absolute paths otherwise).
     global _home
@@ -96,10 +110,15 @@ class Exit:
 
 
 def wait(pid: int, *, timeout: float | None, cancel_fd: int | None,
-         heartbeat: float | None = None, on_heartbeat=None, grace: float = KILL_GRACE_SECONDS) -> Exit:
+         heartbeat: float | None = None, on_heartbeat=None, on_running=None,
+         grace: float = KILL_GRACE_SECONDS) -> Exit:
     """Wait for process ``pid``; on timeout or when ``cancel_fd`` becomes readable, stop its group.
 
-    A pidfd makes the wait an exact, sleep-free poll. When the leader exits, any
+    ``on_running`` is called once if the command is still running after
+    ``RECORD_AFTER_SECONDS``: recording a pid costs a transaction, and most short
+    commands are gone before that (anything started for a run is found by its
+    environment anyway, see ``recovery.run_processes``). A pidfd makes the wait an
+    exact, sleep-free poll. When the leader exits, any
     processes it left behind in its group are killed before it is reaped (the
     zombie leader keeps the group id from being reused).
     """
@@ -111,7 +130,7 @@ def wait(pid: int, *, timeout: float | None, cancel_fd: int | None,
         if cancel_fd is not None:
             poller.register(cancel_fd, select.POLLIN | select.POLLHUP)
         try:
-            how = _wait_loop(poller, pidfd, cancel_fd, deadline, heartbeat, on_heartbeat)
+            how = _wait_loop(poller, pidfd, cancel_fd, deadline, heartbeat, on_heartbeat, on_running)
         except BaseException:  # whatever interrupts the wait, the command does not outlive it
             stop_group(pid, pidfd=pidfd, grace=grace)
             os.waitpid(pid, 0)
@@ -127,11 +146,13 @@ def wait(pid: int, *, timeout: float | None, cancel_fd: int | None,
 
 
 def _wait_loop(poller, pidfd: int, cancel_fd: int | None, deadline: float | None, heartbeat: float | None,
-               on_heartbeat) -> str:
+               on_heartbeat, on_running) -> str:
     while True:
         wait_for = None if deadline is None else max(0.0, deadline - time.monotonic())
         if heartbeat is not None:
             wait_for = heartbeat if wait_for is None else min(wait_for, heartbeat)
+        if on_running is not None:
+            wait_for = RECORD_AFTER_SECONDS if wait_for is None else min(wait_for, RECORD_AFTER_SECONDS)
         ready = poller.poll(None if wait_for is None else wait_for * 1000)
         fds = {fd for fd, _ in ready}
         if pidfd in fds:
@@ -140,7 +161,10 @@ def _wait_loop(poller, pidfd: int, cancel_fd: int | None, deadline: float | None
             return "cancelled"
         if deadline is not None and time.monotonic() >= deadline:
             return "timeout"
-        if on_heartbeat is not None:
+        if on_running is not None:
+            on_running()
+            on_running = None
+        elif on_heartbeat is not None:
             on_heartbeat()
 
 

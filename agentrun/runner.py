@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import crashpoints, git, llm_call, procs, recovery
+from . import crashpoints, git, procs, recovery
 from .attempt import Completion, Job, RunContext, record_outcome
 from .backends import LocalProcessBackend
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SpecError, StateError, UsageError
@@ -85,6 +85,7 @@ def preflight(settings: LLMSettings, plan: Plan) -> None:
     chains = {w: settings.chain_for(ws) for w, ws in plan.workstreams.items() if ws.agent}
     if not chains:
         return
+    from . import llm_call  # the HTTP stack only for runs that call models
     problems = llm_call.preflight(chains)
     if problems:
         raise SpecError(problems)
@@ -323,6 +324,7 @@ class Orchestrator:
             max_workers=self.options.max_workers)
         self.uses_llm = any(ws.agent for ws in self.plan.workstreams.values())
         self.draining: str | None = None   # set: start nothing new, let running work finish
+        self._newly_ready: list[str] = []
         self._budget_events: set[str] = set()
         self.attempts: dict[str, int] = {}
         self.started: dict[str, float] = {}
@@ -388,6 +390,8 @@ class Orchestrator:
                 _drain(wake_r)
                 for c in completions:
                     self._handle(c)
+                self._make_ready(self._newly_ready)  # one transaction for everything they unblocked
+                self._newly_ready = []
                 if self.uses_llm and (completions or time.monotonic() - last_beat >= RUN_HEARTBEAT_SECONDS):
                     self._check_llm_limits()
                 self._release_due_retries()
@@ -442,7 +446,7 @@ class Orchestrator:
         if c.status == "crashed":
             c = self._record_crash(c)
         if c.status == "done":
-            self._make_ready(sched.mark_done(c.ws_id))
+            self._newly_ready.extend(sched.mark_done(c.ws_id))
         elif c.status == "retrying":
             sched.defer(c.ws_id)
             heapq.heappush(self.retry_heap, (c.retry_at or time.time(), c.ws_id))
@@ -523,9 +527,9 @@ class Orchestrator:
 
     def _finish(self) -> RunResult:
         # Work that never started goes back to pending, so a resume picks it up.
-        leftover = [r["ws_id"] for r in self.store.workstreams(self.run_id)
-                    if r["status"] in ("ready", "retrying")]
-        self.store.set_status(self.run_id, leftover, "pending", only_from=("ready", "retrying"))
+        with self.store.write() as db:
+            db.execute("UPDATE workstreams SET status = 'pending' WHERE run_id = ? AND status IN ('ready', 'retrying')",
+                       (self.run_id,))
         counts = self.store.counts(self.run_id)
         total = sum(counts.values())
         if self.stop_reason == "interrupted":
