@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .durations import format_duration
+from .events import read_events
 from .state import FINAL_STATUSES, StateStore
 from .status import resolve_run
 
@@ -121,9 +122,11 @@ a schema version; fields are never removed or renamed without changing it.
     duration_s         finished_at (or generated_at while running) - started_at
     exit_code, signal, error, log_path
   gates              list, in the order they ran: ws_id, attempt, phase
-                     (baseline, verify, after_merge), gate, status (passed,
-                     failed, pre-existing, timeout), exit_code, started_at,
-                     finished_at, duration_s
+                     (baseline, verify, after_merge, agent), gate, status
+                     (passed, failed, pre-existing, timeout), exit_code,
+                     started_at, finished_at, duration_s
+  budget_events      list of the run's budget_warning and budget_exceeded
+                     events: ts, type, ws_id, scope (run or workstream), detail
 
 CSV: one row per workstream, ordered by wave then id, with a header row and
 exactly these columns (same meaning as the JSON fields of the same name):
@@ -242,7 +245,19 @@ def load_report(store: StateStore, run_id: str | None, *, now: float | None = No
     """collect + log tails + build_report: the report of one run (default: the latest)."""
     data = collect(store, run_id)
     tails = log_tails(data, store.path.parent, tail_lines)
-    return build_report(data, now=time.time() if now is None else now, tails=tails)
+    report = build_report(data, now=time.time() if now is None else now, tails=tails)
+    report["budget_events"] = budget_events(store.path.parent / "runs" / data.run["id"] / "events.jsonl")
+    return report
+
+
+def budget_events(path: Path) -> list[dict[str, Any]]:
+    """The run's budget warnings and stops, from its event log (empty if there is none)."""
+    try:
+        records, _, _ = read_events(path)
+    except OSError:
+        return []
+    return [{"ts": r.get("ts"), "type": r.get("type"), "ws_id": r.get("ws_id"), "scope": r.get("scope"),
+             "detail": r.get("detail")} for r in records if r.get("type") in ("budget_warning", "budget_exceeded")]
 
 
 # --- the report ------------------------------------------------------------------
@@ -536,6 +551,11 @@ def render_text(report: dict[str, Any]) -> str:
         for g in bad_gates:
             code = f" (exit {g['exit_code']})" if g["exit_code"] is not None else ""
             lines.append(f"  {g['ws_id']} #{g['attempt']} {g['phase']}: {_clean(g['gate'], 60)}: {g['status']}{code}")
+    if report.get("budget_events"):
+        lines += ["", "budget"]
+        for e in report["budget_events"]:
+            who = f" {e['ws_id']}" if e["ws_id"] else ""
+            lines.append(f"  {fmt_time(e['ts'])} {e['type']} ({e['scope']}){who}: {_clean(e['detail'])}")
     if run["llm_recorded"]:
         lines += ["", "tokens and cost",
                   f"  {'workstream':<{width}} {'calls':>6} {'prompt':>12} {'completion':>12} {'cost':>10}"]

@@ -562,6 +562,8 @@ def test_run_budget_blocks_the_call_that_would_cross_it(tmp_path, server):
     assert "run budget" in look.calls("b")[0]["error"]
     assert [e["scope"] for e in look.events("budget_exceeded")] == ["run"]
     assert look.db.execute("SELECT SUM(cost_usd) FROM llm_calls").fetchone()[0] == pytest.approx(0.005)
+    shown = agentrun(repo, "report", "show")
+    assert "budget_exceeded (run) b: run budget" in shown.stdout, shown.stdout
     assert "return a + b" in look.integrated() and "return b * a" not in look.integrated()
 
 
