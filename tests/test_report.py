@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -513,6 +515,25 @@ def test_report_on_a_running_run(project, tmp_path):
         gate.touch()
         proc.communicate(timeout=60)
     assert proc.returncode == 0
+
+
+def test_report_on_a_crashed_run_before_and_after_recover(project, tmp_path):
+    write_ws(project / "w", "quick", run="true")
+    write_ws(project / "w", "hold", run=f"touch {project}/started; sleep 300", depends_on=["quick"])
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-q"], cwd=project,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    _wait_for(lambda: (project / "started").exists())
+    os.killpg(proc.pid, signal.SIGKILL)  # the orchestrator and its worker; the command lives on
+    proc.wait()
+    crashed = report_cmd("show", cwd=project)
+    assert crashed.returncode == 0, crashed.stderr
+    assert re.search(r"^hold\s+running\s", crashed.stdout, re.M)
+    run_id = crashed.stdout.split()[1]
+    assert agentrun("recover", run_id, cwd=project).returncode == 0  # also stops the orphaned sleep
+    data = json.loads(report_cmd("export", run_id, cwd=project).stdout)
+    assert data["run"]["status"] == "interrupted"
+    assert {w["ws_id"]: w["status"] for w in data["workstreams"]} == {"quick": "done", "hold": "lost"}
+    assert [a["status"] for a in data["attempts"] if a["ws_id"] == "hold"] == ["lost"]
 
 
 # --- errors and read-only ------------------------------------------------------------
