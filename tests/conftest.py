@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,17 @@ def state(project: Path) -> StateDB:
 def events(project: Path, run_id: str) -> list[dict]:
     path = project / ".agentrun" / "runs" / run_id / "events.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def wait_for(predicate, timeout: float = 30.0):
+    """Poll a condition on real state (files, DB rows), bounded; returns its first truthy value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not reached")
 
 
 def pid_alive(pid: int) -> bool:

@@ -8,7 +8,6 @@ import json
 import os
 import pty
 import re
-import select
 import signal
 import sqlite3
 import struct
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import agentrun, events, pid_alive, state, write_ws
+from conftest import agentrun, events, pid_alive, state, wait_for, write_ws
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -129,15 +128,6 @@ class Pty:
         return code, self.data
 
 
-def _wait_for(predicate, timeout: float = 30.0):
-    """Poll real state (DB rows, files), bounded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 def event_lines(text: str) -> list[str]:
@@ -243,7 +233,7 @@ def test_dead_orchestrator_is_reported_and_the_run_left_alone(project):
     run, run_out, run_id = run_live(project, "--parallel", "--max-workers", 2, start_new_session=True)
     db = state(project)
     try:
-        _wait_for(lambda: len([a for a in db.attempts(run_id) if a["pid"]]) == 2)
+        wait_for(lambda: len([a for a in db.attempts(run_id) if a["pid"]]) == 2)
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=30)
         before = db.latest_run()
@@ -267,7 +257,7 @@ def test_dead_orchestrator_is_reported_and_the_run_left_alone(project):
                 leftovers.append(worker)
         _kill_group(run.pid)
         db.close()
-    _wait_for(lambda: not any(pid_alive(p) for p in leftovers))
+    wait_for(lambda: not any(pid_alive(p) for p in leftovers))
 
 
 def _kill(pid: int) -> None:

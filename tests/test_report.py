@@ -11,13 +11,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
-from conftest import agentrun, state, write_ws
+from conftest import agentrun, state, wait_for, write_ws
 
 from agentrun import report as core
 from agentrun.cli import cli
@@ -478,14 +477,6 @@ def _html_text(path: Path, project: Path | None = None, run_id: str | None = Non
 
 # --- a run still going -------------------------------------------------------------
 
-def _wait_for(predicate, timeout=60.0):
-    """Poll a condition on real state (files), bounded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 def test_report_on_a_running_run(project, tmp_path):
@@ -496,7 +487,7 @@ def test_report_on_a_running_run(project, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "--parallel", "--max-workers", "2", "-q"],
                             cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: (project / "started").exists())
+        wait_for(lambda: (project / "started").exists())
         shown = report_cmd("show", cwd=project)
         assert shown.returncode == 0, shown.stderr
         assert "not finished" in shown.stdout
@@ -522,7 +513,7 @@ def test_report_on_a_crashed_run_before_and_after_recover(project, tmp_path):
     write_ws(project / "w", "hold", run=f"touch {project}/started; sleep 300", depends_on=["quick"])
     proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-q"], cwd=project,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    _wait_for(lambda: (project / "started").exists())
+    wait_for(lambda: (project / "started").exists())
     os.killpg(proc.pid, signal.SIGKILL)  # the orchestrator and its worker; the command lives on
     proc.wait()
     crashed = report_cmd("show", cwd=project)

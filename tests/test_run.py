@@ -7,9 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-from conftest import agentrun, events, pid_alive, state, write_ws
+from conftest import agentrun, events, pid_alive, state, wait_for, write_ws
 
 
 def _max_overlap(attempts) -> int:
@@ -131,15 +130,6 @@ def test_fail_fast_stops_starting_new_work(project):
     assert all(statuses[f"later{i}"] == "pending" for i in range(5))
 
 
-def _wait_for(predicate, timeout=30.0):
-    """Poll a condition on real state (file contents), bounded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 def test_sigint_stops_everything_and_leaves_no_process(project):
@@ -152,7 +142,7 @@ def test_sigint_stops_everything_and_leaves_no_process(project):
     write_ws(project / "w", "never", run="true", depends_on=["long0"])
     proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "--parallel", "--max-workers", "2"],
                             cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: len(list(pids.glob("*.gc"))) == 2 and all(p.read_text().strip() for p in pids.iterdir()))
+    wait_for(lambda: len(list(pids.glob("*.gc"))) == 2 and all(p.read_text().strip() for p in pids.iterdir()))
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
