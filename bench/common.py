@@ -248,3 +248,11 @@ def fmt_table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def finish(ok: bool, t0: float) -> int:
+    """The closing lines every benchmark prints; returns its exit code."""
+    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          "(includes this benchmark's own processes)")
+    print(f"overall: {'PASS' if ok else 'FAIL'} (benchmark took {time.perf_counter() - t0:.0f}s)")
+    return 0 if ok else EXIT_TARGET_MISSED

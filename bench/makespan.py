@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (EXIT_TARGET_MISSED, agentrun_cmd, check_run, depth, fmt_table, load_note,  # noqa: E402
+from common import (agentrun_cmd, check_run, depth, finish, fmt_table, load_note,  # noqa: E402
                     make_tmp, random_dag, run_process, warm_up, write_workstreams)
 
 WORKERS = 4
@@ -139,10 +139,7 @@ def main() -> int:
                         f"{min(ratios[schedule]):.3f}", f"{max(ratios[schedule]):.3f}", sim, verdict])
     print(f"makespan / lower bound over {len(seeds)} seed(s), {WORKERS} workers; target: default <= {TARGET}")
     print(fmt_table(["schedule", "mean", "min", "max", "sim mean", f"target <= {TARGET}"], summary))
-    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
-          "(includes this benchmark's own processes)")
-    print(f"overall: {'PASS' if ok else 'FAIL'} (benchmark took {time.perf_counter() - t0:.0f}s)")
-    return 0 if ok else EXIT_TARGET_MISSED
+    return finish(ok, t0)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (EXIT_TARGET_MISSED, agentrun_cmd, check_run, depth, fmt_table,  # noqa: E402
+from common import (agentrun_cmd, check_run, depth, finish, fmt_table,  # noqa: E402
                     independent_graph, invalid, load_note, make_tmp, random_dag, run_process, warm_up,
                     write_makefile, write_workstreams)
 
@@ -178,10 +178,7 @@ def main() -> int:
             shutil.rmtree(root, ignore_errors=True)
             if STATE_ROOT is not None:
                 shutil.rmtree(STATE_ROOT, ignore_errors=True)
-    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
-          "(includes this benchmark's own processes)")
-    print(f"overall: {'PASS' if ok else 'FAIL'} (benchmark took {time.perf_counter() - t0:.0f}s)")
-    return 0 if ok else EXIT_TARGET_MISSED
+    return finish(ok, t0)
 
 
 if __name__ == "__main__":

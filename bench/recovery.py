@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (EXIT_TARGET_MISSED, agentrun_cmd, bench_env, fmt_table,  # noqa: E402
+from common import (agentrun_cmd, bench_env, finish, fmt_table,  # noqa: E402
                     independent_graph, invalid, load_note, make_tmp, write_workstreams)
 
 RESUME_TARGET_S = 2.0
@@ -490,9 +490,7 @@ def main() -> int:
     print()
     print(fmt_table(["measure", "value", "target", "result"], rows1 + rows2))
     ok = ok1 and ok2
-    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"overall: {'PASS' if ok else 'FAIL'} (benchmark took {time.perf_counter() - t0:.0f}s)")
-    return 0 if ok else EXIT_TARGET_MISSED
+    return finish(ok, t0)
 
 
 if __name__ == "__main__":
