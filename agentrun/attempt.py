@@ -61,8 +61,25 @@ class RunContext:
     llm: LLMSettings | None = None
     max_workers: int = 1
 
+    def __post_init__(self) -> None:
+        # Strings, computed once: path arithmetic per attempt is measurable with thousands of tiny ones.
+        self.run_dir = str(self.layout.run_dir(self.run_id))
+        self.logs_dir = str(self.layout.logs_dir(self.run_id))
+        self._lanes: dict[int, tuple[str, str]] = {}
+
     def isolated(self, ws: Workstream) -> bool:
         return self.git is not None and ws.isolation != "none"
+
+    def log_path(self, ws_id: str, attempt: int) -> str:
+        return f"{self.logs_dir}/{ws_id}.{attempt}.log"
+
+    def lane(self, lane: int) -> tuple[str, str]:
+        """(port, temporary directory) of a worker lane. A lane runs one attempt at a time, so
+        its port and directory are never shared by two running workstreams; the port is picked
+        once per worker process (each has its own copy of this context)."""
+        if lane not in self._lanes:
+            self._lanes[lane] = (str(free_port()), str(self.layout.tmp_dir(self.run_id, lane)))
+        return self._lanes[lane]
 
 
 def llm_concurrency(max_workers: int) -> int:
@@ -72,21 +89,21 @@ def llm_concurrency(max_workers: int) -> int:
     return max(1, max_workers)
 
 
-def fresh_tmpdir(path: Path) -> str:
+def fresh_tmpdir(path: str) -> str:
     """An empty private temporary directory. One per worker lane, emptied between attempts:
     no two running workstreams share it, and making a directory per attempt costs more
     than most short commands."""
     try:
         leftovers = list(os.scandir(path))
     except FileNotFoundError:
-        path.mkdir(parents=True)
+        os.makedirs(path)
         leftovers = []
     for entry in leftovers:
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
         else:
             os.unlink(entry.path)
-    return str(path)
+    return path
 
 
 def conversation_path(layout: Layout, run_id: str, ws_id: str, attempt: int) -> Path:
@@ -103,16 +120,15 @@ def attempt_env(ctx: RunContext, ws: Workstream, attempt: int, workdir: Path, co
             if model.api_key_env:
                 env.pop(model.api_key_env, None)
     env.update(ws.env)
-    env.update({
-        "AGENTRUN_RUN_ID": ctx.run_id,
-        "AGENTRUN_WS_ID": ws.id,
-        "AGENTRUN_ATTEMPT": str(attempt),
-        "AGENTRUN_RUN_DIR": str(ctx.layout.run_dir(ctx.run_id)),
-        "AGENTRUN_WORKDIR": str(workdir),
-        "AGENTRUN_WORKTREE": str(workdir) if ctx.isolated(ws) else "",
-        "AGENTRUN_PORT": str(free_port()),
-        "TMPDIR": fresh_tmpdir(ctx.layout.tmp_dir(ctx.run_id, lane)),
-    })
+    port, tmpdir = ctx.lane(lane)
+    env["AGENTRUN_RUN_ID"] = ctx.run_id
+    env["AGENTRUN_WS_ID"] = ws.id
+    env["AGENTRUN_ATTEMPT"] = str(attempt)
+    env["AGENTRUN_RUN_DIR"] = ctx.run_dir
+    env["AGENTRUN_WORKDIR"] = str(workdir)
+    env["AGENTRUN_WORKTREE"] = str(workdir) if ctx.isolated(ws) else ""
+    env["AGENTRUN_PORT"] = port
+    env["TMPDIR"] = fresh_tmpdir(tmpdir)
     if conflict_files:
         env["AGENTRUN_CONFLICT_FILES"] = "\n".join(conflict_files)
     return env
@@ -161,7 +177,7 @@ class Attempt:
         else:
             self.wsp = Workspace(ctx.root, False)
         workdir = self.wsp.path / ws.cwd if ws.cwd else self.wsp.path
-        if not workdir.is_dir():
+        if not os.path.isdir(workdir):
             return ExecResult("failed", error=f"cwd {ws.cwd!r} does not exist in {self.wsp.path}")
         actx = AttemptContext(
             workdir=str(workdir), env=attempt_env(ctx, ws, job.attempt, self.wsp.path, conflict_files,
@@ -273,9 +289,9 @@ class Attempt:
 def run_attempt(job: Job, ctx: RunContext, store: StateStore, events: EventLog, *, lane: int,
                 external_id: str, cancel_fd: int | None) -> Completion:
     ws = ctx.workstreams[job.ws_id]
-    log_path = ctx.layout.log_path(ctx.run_id, ws.id, job.attempt)
+    log_path = ctx.log_path(ws.id, job.attempt)
     claimed = store.claim(ctx.run_id, ws.id, job.attempt, lane=lane, external_id=external_id,
-                          log_path=str(log_path), now=time.time())
+                          log_path=log_path, now=time.time())
     if claimed is None:
         return Completion(ws.id, job.attempt, "skipped", error="not ready when claimed")
     attempt_id, row = claimed

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from . import crashpoints
 
 TAIL_BYTES = 8192
+_SEQ_HEAD = re.compile(rb'\{"seq":(\d+),')
 
 
 class EventLog:
@@ -67,8 +69,15 @@ class EventLog:
         end = keep
         while end > 0:  # from the last complete line backwards, to the last one that parses
             start = complete_size(fd, end - 1)
+            line = os.pread(fd, end - start, start)
+            # Every record starts with its sequence number: read just that (this runs whenever
+            # another process appended since our last write), and parse the line only if it does not.
+            head = _SEQ_HEAD.match(line)
+            if head:
+                self._seq = int(head.group(1))
+                break
             try:
-                self._seq = int(json.loads(os.pread(fd, end - start, start))["seq"])
+                self._seq = int(json.loads(line)["seq"])
                 break
             except (ValueError, KeyError, TypeError):
                 end = start

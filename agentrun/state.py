@@ -136,13 +136,15 @@ class StateStore:
               log_path: str, now: float) -> tuple[int, sqlite3.Row] | None:
         """Atomically move a ready workstream to running and open its attempt row.
 
-        Returns the attempt row id and the workstream row, or None when it was not
-        ready (someone else has it, or it was cancelled meanwhile).
+        Returns the attempt row id and the workstream's ``conflict_files`` and
+        ``integrated_commit``, or None when it was not ready (someone else has it,
+        or it was cancelled meanwhile).
         """
         with self.write() as db:
             row = db.execute("UPDATE workstreams SET status = 'running', attempt = ?, "
                              "started_at = COALESCE(started_at, ?) "
-                             "WHERE run_id = ? AND ws_id = ? AND status = 'ready' RETURNING *",
+                             "WHERE run_id = ? AND ws_id = ? AND status = 'ready' "
+                             "RETURNING conflict_files, integrated_commit",
                              (attempt, now, run_id, ws_id)).fetchone()
             if row is None:
                 return None
