@@ -27,7 +27,7 @@ from .integration import (GateRunner, GitRun, Workspace, already_integrated, com
                           integrate, prepare_workspace, rescue_and_remove, rescue_ref, verify)
 from .layout import Layout
 from .spec import Budget, LLMSettings, Workstream
-from .state import StateStore
+from .state import Claimed, Finish, StateStore
 
 ATTEMPT_HEARTBEAT_SECONDS = 5.0
 
@@ -138,10 +138,10 @@ class Attempt:
     """The steps of one claimed attempt; ``run`` returns the ExecResult that decides its outcome."""
 
     def __init__(self, job: Job, ctx: RunContext, store: StateStore, events: EventLog, attempt_id: int,
-                 row, log_fd: int, cancel_fd: int | None, lane: int = 0):
+                 conflict_files: str | None, log_fd: int, cancel_fd: int | None, lane: int = 0):
         self.job, self.ctx, self.store, self.events = job, ctx, store, events
         self.lane = lane
-        self.row = row
+        self.conflict_files: list[str] = json.loads(conflict_files) if conflict_files else []
         self.ws = ctx.workstreams[job.ws_id]
         self.attempt_id = attempt_id
         self.log_fd = log_fd
@@ -164,7 +164,6 @@ class Attempt:
 
     def run(self) -> ExecResult:
         ctx, ws, job = self.ctx, self.ws, self.job
-        conflict_files = json.loads(self.row["conflict_files"]) if self.row["conflict_files"] else []
         if ctx.isolated(ws):
             try:
                 self.wsp = prepare_workspace(ctx.git, ctx.layout.worktrees_dir(ctx.run_id), ctx.run_id, ws,
@@ -180,7 +179,7 @@ class Attempt:
         if not os.path.isdir(workdir):
             return ExecResult("failed", error=f"cwd {ws.cwd!r} does not exist in {self.wsp.path}")
         actx = AttemptContext(
-            workdir=str(workdir), env=attempt_env(ctx, ws, job.attempt, self.wsp.path, conflict_files,
+            workdir=str(workdir), env=attempt_env(ctx, ws, job.attempt, self.wsp.path, self.conflict_files,
                                                   self.lane),
             log_fd=self.log_fd, timeout=ws.timeout, cancel_fd=self.cancel_fd, on_spawn=self._on_spawn,
             on_heartbeat=lambda: self.store.heartbeat_attempt(self.attempt_id, time.time()),
@@ -286,39 +285,31 @@ class Attempt:
         self.store.update_workstream(self.ctx.run_id, self.ws.id, worktree=None)
 
 
-def run_attempt(job: Job, ctx: RunContext, store: StateStore, events: EventLog, *, lane: int,
-                external_id: str, cancel_fd: int | None) -> Completion:
-    ws = ctx.workstreams[job.ws_id]
-    log_path = ctx.log_path(ws.id, job.attempt)
-    claimed = store.claim(ctx.run_id, ws.id, job.attempt, lane=lane, external_id=external_id,
-                          log_path=log_path, now=time.time())
-    if claimed is None:
-        return Completion(ws.id, job.attempt, "skipped", error="not ready when claimed")
-    attempt_id, row = claimed
-    crashpoints.hit("after-claim")
-    events.emit("ws_started", ws.id, job.attempt, lane=lane, worker=external_id)
-    log_fd = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events: EventLog, *, lane: int,
+                    cancel_fd: int | None) -> ExecResult:
+    """Everything between the claim and the outcome: returns the result that decides the outcome."""
+    job = Job(claimed.ws_id, claimed.attempt)
+    log_fd = os.open(claimed.log_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        attempt = Attempt(job, ctx, store, events, attempt_id, row, log_fd, cancel_fd, lane)
-        if row["integrated_commit"] or attempt.integrated_before_crash():
+        attempt = Attempt(job, ctx, store, events, claimed.attempt_id, claimed.conflict_files, log_fd,
+                          cancel_fd, lane)
+        if claimed.integrated_commit or attempt.integrated_before_crash():
             # Integrated before a crash but not recorded done: never run or merge it twice.
             attempt.log("already integrated by an earlier attempt; recording it as done")
-            result = ExecResult("ok", 0)
-        else:
-            try:
-                result = attempt.run()
-                attempt.cleanup()
-            except Exception as exc:  # a bug or a broken repository fails the attempt, not the worker
-                result = ExecResult("failed", error=f"internal error: {type(exc).__name__}: {exc}")
+            return ExecResult("ok", 0)
+        try:
+            result = attempt.run()
+            attempt.cleanup()
+        except Exception as exc:  # a bug or a broken repository fails the attempt, not the worker
+            result = ExecResult("failed", error=f"internal error: {type(exc).__name__}: {exc}")
         if result.error and result.status != "ok":
             last = last_output_line(log_fd)
             if last and result.error.startswith("exit code"):
                 result.error = f"{result.error}: {last}"
             attempt.log(result.error)
+        return result
     finally:
         os.close(log_fd)
-    crashpoints.hit("before-done")
-    return record_outcome(job, ctx, store, events, attempt_id, result)
 
 
 def last_output_line(log_fd: int, window: int = 4096) -> str:
@@ -331,8 +322,16 @@ def last_output_line(log_fd: int, window: int = 4096) -> str:
     return ""
 
 
-def record_outcome(job: Job, ctx: RunContext, store: StateStore, events: EventLog, attempt_id: int,
-                   result: ExecResult) -> Completion:
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt's result means: the rows to write, the event, what the orchestrator is told."""
+
+    finish: Finish
+    event: tuple[str, str, int, dict]
+    completion: Completion
+
+
+def decide_outcome(job: Job, ctx: RunContext, store: StateStore, attempt_id: int, result: ExecResult) -> Outcome:
     ws = ctx.workstreams[job.ws_id]
     conflict_retry = False
     failures = 0
@@ -346,14 +345,23 @@ def record_outcome(job: Job, ctx: RunContext, store: StateStore, events: EventLo
     now = time.time()
     retry_at = now + decision.retry_in if decision.retry_in is not None else None
     attempt_status = {"ok": "done", "cancelled": "cancelled"}.get(result.status, result.status)
-    store.finish_attempt(attempt_id, ctx.run_id, ws.id, attempt_status=attempt_status,
-                         ws_status=decision.ws_status, now=now, exit_code=result.exit_code,
-                         signal=result.signal, error=result.error, retry_at=retry_at)
-    crashpoints.hit("after-done")
+    finish = Finish(attempt_id, ws.id, attempt_status, decision.ws_status, now, result.exit_code, result.signal,
+                    result.error, retry_at)
     event = {"done": "ws_done", "retrying": "ws_retrying", "failed": "ws_failed", "conflict": "ws_failed",
              "interrupted": "ws_interrupted"}[decision.ws_status]
-    extra = {"error": result.error} if result.error else {}
+    extra = {"exit_code": result.exit_code}
+    if result.error:
+        extra["error"] = result.error
     if retry_at is not None:
         extra["retry_in"] = round(decision.retry_in or 0, 3)
-    events.emit(event, ws.id, job.attempt, exit_code=result.exit_code, **extra)
-    return Completion(ws.id, job.attempt, decision.ws_status, retry_at, result.error)
+    return Outcome(finish, (event, ws.id, job.attempt, extra),
+                   Completion(ws.id, job.attempt, decision.ws_status, retry_at, result.error))
+
+
+def record_outcome(job: Job, ctx: RunContext, store: StateStore, events: EventLog, attempt_id: int,
+                   result: ExecResult) -> Completion:
+    """Decide and record an outcome on its own (the orchestrator, for an attempt whose worker died)."""
+    outcome = decide_outcome(job, ctx, store, attempt_id, result)
+    store.finish_attempt(ctx.run_id, outcome.finish)
+    events.emit_all([outcome.event])
+    return outcome.completion

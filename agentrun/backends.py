@@ -4,34 +4,63 @@
 workstream costs a fork+exec of its command, never a fresh Python
 interpreter. Each worker opens its own DB connection and event-log
 descriptor after the fork. A distributed backend (Ray, say) implements the
-same four methods; the external id it returns is recorded with the attempt.
+same methods; its workers claim released work the same way and record their
+external id with each attempt.
 """
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
+import selectors
 import signal
+import time
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait as mp_wait
 from typing import Callable, Protocol
 
 from . import crashpoints, procs
-from .attempt import Completion, Job, RunContext, run_attempt
+from .attempt import Completion, Job, RunContext, decide_outcome, execute_attempt
 from .events import EventLog
 from .state import StateStore
 
 
 class Backend(Protocol):
-    """Where attempts run. ``submit`` returns the backend's id for the attempt (also recorded
-    with the attempt by the worker that claims it); ``poll`` returns finished attempts."""
+    """Where attempts run.
 
-    def free_slots(self) -> int: ...
-    def submit(self, job: Job) -> str: ...
-    def poll(self, timeout: float | None, extra_fds: list[int] = ...) -> list[Completion]: ...
+    The orchestrator releases ready work in the state DB (``StateStore.dispatch``), in the order
+    it should start, and calls ``submit`` with how many released jobs no worker has claimed yet.
+    Whoever executes them claims the next released workstream itself and records its external
+    id with the attempt; ``poll`` returns what happened since: ``Started``, ``Completion`` and
+    ``WorkerLost`` reports.
+    """
+
+    size: int
+
+    def submit(self, count: int) -> None: ...
+    def poll(self, timeout: float | None, extra_fds: list[int] = ...) -> list[Report]: ...
     def cancel(self, external_id: str) -> None: ...
     def cancel_all(self) -> None: ...
-    def shutdown(self) -> list[Completion]: ...
+    def shutdown(self) -> list[Report]: ...
 
+
+@dataclass(frozen=True)
+class Started:
+    ws_id: str
+    attempt: int
+    external_id: str
+
+
+@dataclass(frozen=True)
+class WorkerLost:
+    """A worker died: whatever it had claimed and not reported must be found in the DB."""
+
+    external_id: str
+    error: str
+
+
+Report = Started | Completion | WorkerLost
 
 _FORK = multiprocessing.get_context("fork")
 
@@ -53,11 +82,18 @@ class _Worker:
         self.lane = lane
         self.process = process
         self.conn = conn
-        self.job: Job | None = None
+        self.idle = False       # said it found nothing to claim, and has not been woken since
         self.external_id = local_external_id(process.pid)
 
 
 class LocalProcessBackend:
+    """A pool of forked worker processes that claim released work from the state DB.
+
+    A worker that finishes an attempt records its outcome and claims the next released
+    workstream in one transaction and goes straight on; it reports both on its pipe, and
+    waits to be woken only when nothing is released.
+    """
+
     def __init__(self, ctx: RunContext, workers: int, *, before_fork: Callable[[], None] = lambda: None,
                  after_fork: Callable[[], None] = lambda: None):
         self.ctx = ctx
@@ -66,12 +102,17 @@ class LocalProcessBackend:
         self._after_fork = after_fork
         self._workers: list[_Worker] = []
         self._closing = False
+        self._selector = selectors.DefaultSelector()
+        self._extra: set[int] = set()
         self._spawn(range(workers))
 
     def _spawn(self, lanes) -> None:
         # Forking with an open SQLite connection in the parent is unsafe; the
         # orchestrator closes its connection around the fork.
         self._before_fork()
+        # Everything allocated so far (specs, the plan) lives as long as the run: keep it out of
+        # the cyclic collector's scans, here and in the workers, which inherit it.
+        gc.freeze()
         try:
             for lane in lanes:
                 parent, child = _FORK.Pipe()
@@ -82,47 +123,52 @@ class LocalProcessBackend:
                                      name=f"agentrun-worker-{lane}", daemon=False)
                 proc.start()
                 child.close()
-                self._workers.append(_Worker(lane, proc, parent))
+                worker = _Worker(lane, proc, parent)
+                self._workers.append(worker)
+                self._selector.register(parent, selectors.EVENT_READ, worker)
+                self._selector.register(proc.sentinel, selectors.EVENT_READ, worker)
         finally:
             self._after_fork()
 
-    def free_slots(self) -> int:
-        return sum(1 for w in self._workers if w.job is None)
-
-    def submit(self, job: Job) -> str:
-        worker = next(w for w in self._workers if w.job is None)
-        worker.job = job
-        worker.conn.send(job)
-        return worker.external_id
-
-    def poll(self, timeout: float | None, extra_fds: list[int] = ()) -> list[Completion]:
-        """Completions that arrived within ``timeout``; a dead worker's job comes back as ``crashed``."""
-        watch: dict[object, _Worker] = {}
+    def submit(self, count: int) -> None:
+        """``count`` released jobs are unclaimed: wake up to that many idle workers."""
         for w in self._workers:
-            watch[w.conn] = w
-            watch[w.process.sentinel] = w
-        ready = mp_wait(list(watch) + list(extra_fds), timeout)
-        out: list[Completion] = []
+            if count <= 0:
+                break
+            if w.idle:
+                w.idle = False
+                w.conn.send(True)
+            count -= 1
+
+    def poll(self, timeout: float | None, extra_fds: list[int] = ()) -> list[Report]:
+        """Reports that arrived within ``timeout`` (or once one of ``extra_fds`` is readable)."""
+        for fd in extra_fds:
+            if fd not in self._extra:
+                self._extra.add(fd)
+                self._selector.register(fd, selectors.EVENT_READ, None)
+        out: list[Report] = []
         dead: list[_Worker] = []
-        for obj in ready:
-            worker = watch.get(obj)
+        for key, _ in self._selector.select(timeout):
+            worker = key.data
             if worker is None or worker in dead:
                 continue
-            if obj is worker.conn:
+            if key.fileobj is worker.conn:
+                # One message per wake-up; more pending keep the pipe readable for the next select.
                 try:
-                    while worker.conn.poll():
-                        out.append(worker.conn.recv())
-                        worker.job = None
+                    self._unpack(worker, worker.conn.recv(), out)
+                    continue
                 except (EOFError, OSError):
-                    dead.append(worker)
-            elif not worker.process.is_alive():
-                dead.append(worker)
+                    pass
+            elif worker.process.is_alive():
+                continue
+            dead.append(worker)
         for worker in dead:
+            self._drain(worker, out)  # what it said before it went: its last reports precede its exit
             worker.process.join()
-            if worker.job is not None:
-                out.append(Completion(worker.job.ws_id, worker.job.attempt, "crashed",
-                                      error=f"worker process {worker.process.pid} died "
-                                            f"(exit code {worker.process.exitcode})"))
+            out.append(WorkerLost(worker.external_id, f"worker process {worker.process.pid} died "
+                                                      f"(exit code {worker.process.exitcode})"))
+            self._selector.unregister(worker.conn)
+            self._selector.unregister(worker.process.sentinel)
             self._workers.remove(worker)
             worker.conn.close()
         if dead and not self._closing:
@@ -130,36 +176,51 @@ class LocalProcessBackend:
             self._workers.sort(key=lambda w: w.lane)
         return out
 
+    @staticmethod
+    def _unpack(worker: _Worker, message, out: list[Report]) -> None:
+        done, started = message
+        if done is not None:
+            out.append(done)
+        if started is not None:
+            out.append(started)
+        worker.idle = started is None
+
+    def _drain(self, worker: _Worker, out: list[Report]) -> None:
+        try:
+            while worker.conn.poll():
+                self._unpack(worker, worker.conn.recv(), out)
+        except (EOFError, OSError):
+            pass
+
     def cancel(self, external_id: str) -> None:
         for w in self._workers:
             if w.external_id == external_id and w.process.is_alive():
                 os.kill(w.process.pid, signal.SIGTERM)
 
     def cancel_all(self) -> None:
+        """Stop every worker: running commands are stopped and recorded as interrupted."""
         self._closing = True
         for w in self._workers:
-            if w.job is not None:
-                self.cancel(w.external_id)
+            self.cancel(w.external_id)
 
-    def shutdown(self) -> list[Completion]:
-        """Wait for busy workers (already told to cancel, or finishing), then stop them all."""
+    def shutdown(self) -> list[Report]:
+        """Tell workers to exit once idle, and collect reports until every one is gone."""
         self._closing = True
-        out: list[Completion] = []
-        while any(w.job is not None for w in self._workers):
-            out.extend(self.poll(1.0))
+        out: list[Report] = []
         for w in self._workers:
             try:
                 w.conn.send(None)
             except OSError:
                 pass
-            w.process.join()
-            w.conn.close()
-        self._workers = []
+        while self._workers:
+            out.extend(self.poll(1.0))
+        self._selector.close()
         return out
 
 
 def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list[Connection]) -> None:
-    """Worker loop: run jobs until told to stop, the orchestrator goes away, or SIGTERM."""
+    """Worker loop: record the last outcome and claim the next job, run it; sleep when nothing is
+    released; stop when told to, when the orchestrator goes away, or on SIGTERM."""
     for end in parent_ends:
         end.close()
     # Ctrl-C reaches the whole foreground group; the orchestrator decides what
@@ -167,7 +228,7 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
     # A handler, not SIG_IGN: an ignored signal stays ignored across exec, and the
     # commands this worker starts must get the default SIGINT behaviour.
     signal.signal(signal.SIGINT, lambda signum, frame: None)
-    crashpoints.orchestrator_pid = os.getppid()
+    orchestrator = crashpoints.orchestrator_pid = os.getppid()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     stopping = False
@@ -181,26 +242,49 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
     store = StateStore(ctx.layout.db_path)
     events = EventLog(ctx.layout.events_path(ctx.run_id), ctx.run_id)
     external_id = local_external_id(os.getpid())
+    outcome = None
     try:
-        while not stopping:
-            ready = mp_wait([conn, wake_r])
-            if stopping or conn not in ready:
-                break
+        while True:
+            # Claim nothing new once told to stop or orphaned (the orchestrator would not hear of it).
+            go_on = not stopping and os.getppid() == orchestrator
+            claimed = store.finish_and_claim(ctx.run_id, outcome.finish if outcome else None, claim=go_on,
+                                             lane=lane, external_id=external_id, logs_dir=ctx.logs_dir,
+                                             now=time.time())
+            records = []
+            if outcome is not None:
+                crashpoints.hit("after-done")
+                records.append(outcome.event)
+            if claimed is not None:
+                crashpoints.hit("after-claim")
+                records.append(("ws_started", claimed.ws_id, claimed.attempt, {"lane": lane, "worker": external_id}))
+            events.emit_all(records)
+            started = Started(claimed.ws_id, claimed.attempt, external_id) if claimed else None
             try:
-                job = conn.recv()
-            except (EOFError, OSError):
-                break
-            if job is None:
-                break
-            if stopping:
-                conn.send(Completion(job.ws_id, job.attempt, "skipped", error="worker stopping"))
-                break
-            result = run_attempt(job, ctx, store, events, lane=lane, external_id=external_id,
-                                 cancel_fd=wake_r)
-            try:
-                conn.send(result)
+                conn.send((outcome.completion if outcome else None, started))
             except OSError:
-                break  # orchestrator gone; the outcome is already durable in the DB
+                break  # orchestrator gone; outcomes are durable in the DB, a claim is found by recovery
+            outcome = None
+            if claimed is None:
+                if not go_on or not _wait_for_work(conn, wake_r):
+                    break
+                continue
+            result = execute_attempt(claimed, ctx, store, events, lane=lane, cancel_fd=wake_r)
+            crashpoints.hit("before-done")
+            outcome = decide_outcome(Job(claimed.ws_id, claimed.attempt), ctx, store, claimed.attempt_id, result)
     finally:
         store.close()
         events.close()
+
+
+def _wait_for_work(conn: Connection, wake_r: int) -> bool:
+    """Sleep until woken (True) or told to stop (False: a stop message, EOF, or SIGTERM)."""
+    ready = mp_wait([conn, wake_r])
+    if wake_r in ready:
+        return False
+    try:
+        while conn.poll():
+            if conn.recv() is None:
+                return False
+    except (EOFError, OSError):
+        return False
+    return True

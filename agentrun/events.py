@@ -42,23 +42,33 @@ class EventLog:
         return self._fd
 
     def emit(self, type_: str, ws_id: str | None = None, attempt: int | None = None, **fields: Any) -> dict:
+        return self.emit_all([(type_, ws_id, attempt, fields)])[0]
+
+    def emit_all(self, items: list[tuple[str, str | None, int | None, dict[str, Any]]]) -> list[dict]:
+        """Append several records (type, ws id, attempt, fields) with one locked write."""
+        if not items:
+            return []
         fd = self._descriptor()
-        record = {"seq": 0, "ts": round(time.time(), 6), "run_id": self.run_id, "type": type_,
-                  "ws_id": ws_id, "attempt": attempt, **fields}
+        ts = round(time.time(), 6)
+        records = [{"seq": 0, "ts": ts, "run_id": self.run_id, "type": type_, "ws_id": ws_id,
+                    "attempt": attempt, **fields} for type_, ws_id, attempt, fields in items]
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             size = os.fstat(fd).st_size
             if size != self._known_size:
                 size = self._repair_and_read_seq(fd, size)
-            self._seq += 1
-            record["seq"] = self._seq
-            line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
-            crashpoints.torn_write(fd, line)
-            os.write(fd, line)
-            self._known_size = size + len(line)
+            lines = []
+            for record in records:
+                self._seq += 1
+                record["seq"] = self._seq
+                lines.append(json.dumps(record, separators=(",", ":"), default=str))
+            data = ("\n".join(lines) + "\n").encode()
+            crashpoints.torn_write(fd, data)
+            os.write(fd, data)
+            self._known_size = size + len(data)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
-        return record
+        return records
 
     def _repair_and_read_seq(self, fd: int, size: int) -> int:
         """Drop a torn tail, learn the last sequence number; returns the repaired size."""

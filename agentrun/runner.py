@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import crashpoints, git, procs, recovery
 from .attempt import Completion, Job, RunContext, record_outcome
-from .backends import LocalProcessBackend
+from .backends import LocalProcessBackend, Report, Started, WorkerLost
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SpecError, StateError, UsageError
 from .events import EventLog
 from .executors import ExecResult
@@ -26,7 +26,7 @@ from .integration import GitRun, integration_branch
 from .llm_shared import SharedLLMState
 from .layout import Layout, layout_for, new_run_id, project_root
 from .planner import Plan, build_plan, select
-from .scheduler import SCHEDULES, Scheduler
+from .scheduler import SCHEDULES, Scheduler, lookahead, to_release
 from .spec import LLMSettings, Source, load_source, source_digest, workstreams_from_snapshots
 from .state import StateStore, json_dumps
 
@@ -325,6 +325,10 @@ class Orchestrator:
         self.uses_llm = any(ws.agent for ws in self.plan.workstreams.values())
         self.draining: str | None = None   # set: start nothing new, let running work finish
         self._newly_ready: list[str] = []
+        self.inflight: dict[str, int | None] = {}  # released to the workers, outcome not yet handled: attempt
+        self._handled: set[tuple[str, int]] = set()  # (ws, attempt) outcomes handled: reports may repeat
+        self._queue_seq = 0
+        self._typical: float | None = None  # recent attempt duration (moving average), for the lookahead
         self._budget_events: set[str] = set()
         self.attempts: dict[str, int] = {}
         self.started: dict[str, float] = {}
@@ -367,6 +371,7 @@ class Orchestrator:
         newly_blocked = sorted(self.sched.blocked - failed - already)
         self.store.update_run(self.run_id, status="running", orchestrator_pid=os.getpid(),
                               orchestrator_start=procs.proc_start_time(os.getpid()), heartbeat_at=time.time())
+        self.store.unqueue(self.run_id)  # anything a dead orchestrator released is decided again
         self.events.emit("run_resumed" if self.resumed else "run_started", workers=self.options.max_workers,
                          schedule=self.options.schedule, workstreams=len(self.plan.workstreams))
         if newly_blocked:  # on resume: dependents of work that failed before
@@ -374,25 +379,22 @@ class Orchestrator:
                                   now=time.time())
             for ws_id in newly_blocked:
                 self.events.emit("ws_blocked", ws_id, None)
-        self._make_ready(self.sched.initially_ready)
+        self._newly_ready = list(self.sched.initially_ready)
         backend = LocalProcessBackend(self.ctx, self.options.max_workers,
                                       before_fork=lambda: self.store.close(), after_fork=self._reopen)
         self.backend = backend
         last_beat = time.monotonic()
         try:
             while self.stop_reason is None:
-                if self.draining is None:
-                    self._dispatch(backend)
+                self._dispatch(backend)
                 if self.sched.finished() or (self.draining and not self.sched.running):
                     break
                 crashpoints.hit("orchestrator-loop")
-                completions = backend.poll(self._poll_timeout(), [wake_r])
+                reports = backend.poll(self._poll_timeout(), [wake_r])
                 _drain(wake_r)
-                for c in completions:
-                    self._handle(c)
-                self._make_ready(self._newly_ready)  # one transaction for everything they unblocked
-                self._newly_ready = []
-                if self.uses_llm and (completions or time.monotonic() - last_beat >= RUN_HEARTBEAT_SECONDS):
+                for report in reports:
+                    self._on_report(report)
+                if self.uses_llm and (reports or time.monotonic() - last_beat >= RUN_HEARTBEAT_SECONDS):
                     self._check_llm_limits()
                 self._release_due_retries()
                 if time.monotonic() - last_beat >= RUN_HEARTBEAT_SECONDS:
@@ -406,9 +408,12 @@ class Orchestrator:
             raise
         finally:
             if self.stop_reason is not None:
+                self._unqueue()
                 backend.cancel_all()
-            for c in backend.shutdown():
-                self._handle(c)
+            for report in backend.shutdown():
+                self._on_report(report)
+            if self._newly_ready:  # became ready in the last moments; recorded, though nothing starts now
+                self._release(self._newly_ready, [])
             result = self._finish()
             self._restore_signals()
         return result
@@ -425,26 +430,57 @@ class Orchestrator:
         return timeout
 
     def _dispatch(self, backend: LocalProcessBackend) -> None:
-        free = backend.free_slots()
-        if free <= 0:
-            return
-        for ws_id in self.sched.take(free):
-            self.attempts[ws_id] = self.attempts.get(ws_id, 0) + 1
-            self.started[ws_id] = time.time()
-            backend.submit(Job(ws_id, self.attempts[ws_id]))
+        """Mark what became ready, release the best of the ready work to the workers: one transaction."""
+        extra = lookahead(backend.size, self._typical)
+        want = to_release(backend.size, extra, len(self.inflight)) if self.draining is None else 0
+        taken = self.sched.take(want) if want > 0 else []
+        # With short attempts, what became ready is recorded with the next batch.
+        if taken or (self._newly_ready and not extra):
+            ready, self._newly_ready = self._newly_ready, []
+            self._release(ready, taken)
+        # Also after releasing nothing: a worker may have looked for work just before the last release.
+        backend.submit(sum(1 for a in self.inflight.values() if a is None))
 
-    def _make_ready(self, ws_ids: list[str]) -> None:
-        if not ws_ids:
-            return
-        self.store.set_status(self.run_id, ws_ids, "ready", only_from=("pending", "retrying", "ready"))
-        for ws_id in ws_ids:
-            self.events.emit("ws_ready", ws_id, self.attempts.get(ws_id, 0) + 1)
+    def _release(self, ready: list[str], taken: list[str]) -> None:
+        queued = []
+        for ws_id in taken:
+            self._queue_seq += 1
+            queued.append((ws_id, self._queue_seq))
+            self.inflight[ws_id] = None
+        for ws_id in self.store.dispatch(self.run_id, ready, queued):
+            del self.inflight[ws_id]  # not ready in the DB after all: leave it, as a failed claim would
+            self.sched.release(ws_id)
+        self.events.emit_all([("ws_ready", w, self.attempts.get(w, 0) + 1, {}) for w in ready])
+
+    def _unqueue(self) -> None:
+        """Take back released work no worker has claimed: it goes back to the ready queue."""
+        for ws_id in self.store.unqueue(self.run_id):
+            if self.inflight.get(ws_id, 0) is None:
+                del self.inflight[ws_id]
+                self.sched.requeue(ws_id)
+
+    def _on_report(self, report: Report) -> None:
+        if isinstance(report, Started):
+            if self.inflight.get(report.ws_id, 0) is None:
+                self.inflight[report.ws_id] = report.attempt
+                self.attempts[report.ws_id] = report.attempt
+                self.started[report.ws_id] = time.time()
+        elif isinstance(report, WorkerLost):
+            self._reconcile(report)
+        else:
+            self._handle(report)
 
     def _handle(self, c: Completion) -> None:
+        if (c.ws_id, c.attempt) in self._handled or c.ws_id not in self.inflight:
+            return  # already handled (found in the DB after a worker died, then reported after all)
+        self._handled.add((c.ws_id, c.attempt))
+        del self.inflight[c.ws_id]
+        self.attempts[c.ws_id] = c.attempt
+        started = self.started.pop(c.ws_id, None)
+        if started is not None:
+            took = time.time() - started
+            self._typical = took if self._typical is None else 0.8 * self._typical + 0.2 * took
         sched = self.sched
-        self.started.pop(c.ws_id, None)
-        if c.status == "crashed":
-            c = self._record_crash(c)
         if c.status == "done":
             self._newly_ready.extend(sched.mark_done(c.ws_id))
         elif c.status == "retrying":
@@ -455,31 +491,32 @@ class Orchestrator:
             if blocked:
                 self.store.set_status(self.run_id, blocked, "blocked", error=f"dependency '{c.ws_id}' failed",
                                       now=time.time())
-                for ws_id in blocked:
-                    self.events.emit("ws_blocked", ws_id, None, because=c.ws_id)
+                self.events.emit_all([("ws_blocked", w, None, {"because": c.ws_id}) for w in blocked])
             if self.options.fail_fast and self.stop_reason is None:
                 self.stop_reason = "fail-fast"
-        elif c.status == "requeue":
-            self.attempts[c.ws_id] = c.attempt - 1
-            sched.requeue(c.ws_id)
-        else:  # interrupted or skipped: it stopped without an outcome
+        else:  # interrupted: it stopped without an outcome
             sched.release(c.ws_id)
 
-    def _record_crash(self, c: Completion) -> Completion:
-        """A worker died holding this attempt. If it had already recorded an outcome, that
-        stands; otherwise stop what the attempt started and count it as a failed attempt."""
-        row = self.store.db.execute("SELECT * FROM attempts WHERE run_id = ? AND ws_id = ? AND attempt = ?",
-                                    (self.run_id, c.ws_id, c.attempt)).fetchone()
-        if row is None:  # died before claiming: nothing ran, the same attempt goes again
-            return Completion(c.ws_id, c.attempt, "requeue", error=c.error)
-        if row["status"] != "running":
-            ws_row = self.store.workstream(self.run_id, c.ws_id)
-            return Completion(c.ws_id, c.attempt, ws_row["status"], ws_row["retry_at"], ws_row["error"])
-        if row["pgid"] and procs.is_alive(row["pid"], row["proc_start"]):
-            procs.stop_group(row["pgid"])
-        self.events.emit("ws_crashed", c.ws_id, c.attempt, error=c.error)
-        return record_outcome(Job(c.ws_id, c.attempt), self.ctx, self.store, self.events, row["id"],
-                              ExecResult("crashed", error=c.error))
+    def _reconcile(self, lost: WorkerLost) -> None:
+        """A worker died. The DB says what it had done: outcomes it recorded but never reported are
+        handled now; an attempt it was running is stopped and counted as a failed attempt."""
+        for ws_id in list(self.inflight):
+            row = self.store.workstream(self.run_id, ws_id)
+            if row["status"] in ("done", "retrying", "failed", "conflict", "interrupted"):
+                self._handle(Completion(ws_id, row["attempt"], row["status"], row["retry_at"], row["error"]))
+                continue
+            if row["status"] != "running":
+                continue  # released, not claimed yet: another worker will take it
+            attempt = self.store.db.execute(
+                "SELECT * FROM attempts WHERE run_id = ? AND ws_id = ? AND attempt = ?",
+                (self.run_id, ws_id, row["attempt"])).fetchone()
+            if attempt is None or attempt["status"] != "running" or attempt["external_id"] != lost.external_id:
+                continue  # another worker's
+            if attempt["pgid"] and procs.is_alive(attempt["pid"], attempt["proc_start"]):
+                procs.stop_group(attempt["pgid"])
+            self.events.emit("ws_crashed", ws_id, attempt["attempt"], error=lost.error)
+            self._handle(record_outcome(Job(ws_id, attempt["attempt"]), self.ctx, self.store, self.events,
+                                        attempt["id"], ExecResult("crashed", error=lost.error)))
 
     def _check_llm_limits(self) -> None:
         """A fatal API error stops the run; the run budget warns, drains (soft) or stops (hard)."""
@@ -508,6 +545,7 @@ class Orchestrator:
                 self.events.emit("budget_exceeded", scope="run", detail=detail, mode=limit.mode)
             if limit.mode == "soft":
                 self.draining = "budget"
+                self._unqueue()
             elif limit.mode == "hard" and self.stop_reason is None:
                 self.stop_reason = "budget"
 
@@ -517,7 +555,7 @@ class Orchestrator:
         while self.retry_heap and self.retry_heap[0][0] <= now:
             due.append(heapq.heappop(self.retry_heap)[1])
         if due:
-            self._make_ready(due)
+            self._newly_ready.extend(due)
             for ws_id in due:
                 self.sched.requeue(ws_id)
 
@@ -528,8 +566,8 @@ class Orchestrator:
     def _finish(self) -> RunResult:
         # Work that never started goes back to pending, so a resume picks it up.
         with self.store.write() as db:
-            db.execute("UPDATE workstreams SET status = 'pending' WHERE run_id = ? AND status IN ('ready', 'retrying')",
-                       (self.run_id,))
+            db.execute("UPDATE workstreams SET status = 'pending', queue_seq = NULL "
+                       "WHERE run_id = ? AND status IN ('ready', 'retrying')", (self.run_id,))
         counts = self.store.counts(self.run_id)
         total = sum(counts.values())
         if self.stop_reason == "interrupted":

@@ -17,6 +17,35 @@ EAGER = "eager"
 WAVES = "waves"
 SCHEDULES = (EAGER, WAVES)
 
+# Attempts shorter than this are "short": handing out the next one costs a noticeable share
+# of the attempt itself, so work is released ahead of free workers (see ``lookahead``).
+SHORT_ATTEMPT_SECONDS = 0.05
+SHORT_LOOKAHEAD_PER_WORKER = 4
+
+
+def lookahead(workers: int, typical_attempt_seconds: float | None) -> int:
+    """How many released jobs may wait for a worker, beyond the free workers.
+
+    With short attempts a worker that finishes should find its next job waiting rather than
+    ask for one, and releasing in batches saves the orchestrator a transaction per job. With
+    long ones (or before any has finished) nothing waits: a job released early could start
+    ahead of a better one that becomes ready meanwhile, and a round trip is nothing next to a
+    long attempt.
+    """
+    if typical_attempt_seconds is None or typical_attempt_seconds >= SHORT_ATTEMPT_SECONDS:
+        return 0
+    return SHORT_LOOKAHEAD_PER_WORKER * workers
+
+
+def to_release(workers: int, extra: int, inflight: int) -> int:
+    """How many jobs to release now, with ``inflight`` released and unfinished and ``extra`` the
+    lookahead. Without lookahead: whatever fills the free workers. With it: nothing until the
+    waiting jobs run down to half of it (or a worker would go idle), then a batch up to full."""
+    room = workers + extra - inflight
+    if extra == 0 or inflight < workers or room >= extra // 2:
+        return max(0, room)
+    return 0
+
 
 class Scheduler:
     """A ready queue ordered by ``Plan.priority_key`` with optional wave barriers.

@@ -160,10 +160,18 @@ def m003_llm(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN fatal_error TEXT")
 
 
+def m004_dispatch_queue(db: sqlite3.Connection) -> None:
+    # Ready work the orchestrator has released to the workers, in the order they take it:
+    # a free worker claims the lowest number itself instead of waiting to be handed a job.
+    db.execute("ALTER TABLE workstreams ADD COLUMN queue_seq INTEGER")
+    db.execute("CREATE INDEX workstreams_queue ON workstreams (run_id, queue_seq) WHERE queue_seq IS NOT NULL")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_integration,
     m003_llm,
+    m004_dispatch_queue,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

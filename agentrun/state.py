@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -132,26 +133,51 @@ class StateStore:
                 f"WHERE run_id = ? AND ws_id = ?{guard}",
                 [(status, error, final, now, run_id, w, *only_from) for w in ids])
 
-    def claim(self, run_id: str, ws_id: str, attempt: int, *, lane: int, external_id: str,
-              log_path: str, now: float) -> tuple[int, sqlite3.Row] | None:
-        """Atomically move a ready workstream to running and open its attempt row.
-
-        Returns the attempt row id and the workstream's ``conflict_files`` and
-        ``integrated_commit``, or None when it was not ready (someone else has it,
-        or it was cancelled meanwhile).
-        """
+    def dispatch(self, run_id: str, ready: list[str], queued: list[tuple[str, int]]) -> list[str]:
+        """In one transaction: mark ``ready`` workstreams ready, and release ``queued`` ones
+        (ws id, queue number) to the workers, who claim them lowest number first. Returns the
+        ids that could not be released because they are not ready."""
+        refused = []
         with self.write() as db:
-            row = db.execute("UPDATE workstreams SET status = 'running', attempt = ?, "
-                             "started_at = COALESCE(started_at, ?) "
-                             "WHERE run_id = ? AND ws_id = ? AND status = 'ready' "
-                             "RETURNING conflict_files, integrated_commit",
-                             (attempt, now, run_id, ws_id)).fetchone()
+            if ready:
+                db.executemany("UPDATE workstreams SET status = 'ready' WHERE run_id = ? AND ws_id = ? "
+                               "AND status IN ('pending', 'retrying', 'ready')", [(run_id, w) for w in ready])
+            for ws_id, seq in queued:
+                if db.execute("UPDATE workstreams SET queue_seq = ? WHERE run_id = ? AND ws_id = ? "
+                              "AND status = 'ready'", (seq, run_id, ws_id)).rowcount == 0:
+                    refused.append(ws_id)
+        return refused
+
+    def unqueue(self, run_id: str) -> list[str]:
+        """Take back released work no worker has claimed yet; returns its ids."""
+        with self.write() as db:
+            rows = db.execute("UPDATE workstreams SET queue_seq = NULL WHERE run_id = ? AND queue_seq IS NOT NULL "
+                              "RETURNING ws_id", (run_id,)).fetchall()
+        return [r[0] for r in rows]
+
+    def finish_and_claim(self, run_id: str, finish: Finish | None, *, claim: bool, lane: int, external_id: str,
+                         logs_dir: str, now: float) -> Claimed | None:
+        """Record the outcome of this worker's last attempt (if any) and claim the next released
+        workstream (if ``claim``), in one transaction; returns the claim, or None if nothing waits."""
+        with self.write() as db:
+            if finish is not None:
+                _finish_attempt(db, run_id, finish)
+            if not claim:
+                return None
+            row = db.execute(
+                "UPDATE workstreams SET status = 'running', attempt = attempt + 1, queue_seq = NULL, "
+                "started_at = COALESCE(started_at, ?) WHERE run_id = ? AND ws_id = ("
+                "SELECT ws_id FROM workstreams WHERE run_id = ? AND queue_seq IS NOT NULL AND status = 'ready' "
+                "ORDER BY queue_seq LIMIT 1) RETURNING ws_id, attempt, conflict_files, integrated_commit",
+                (now, run_id, run_id)).fetchone()
             if row is None:
                 return None
+            log_path = f"{logs_dir}/{row['ws_id']}.{row['attempt']}.log"
             cur = db.execute("INSERT INTO attempts (run_id, ws_id, attempt, status, lane, external_id, "
                              "started_at, heartbeat_at, log_path) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
-                             (run_id, ws_id, attempt, lane, external_id, now, now, log_path))
-            return cur.lastrowid, row
+                             (run_id, row["ws_id"], row["attempt"], lane, external_id, now, now, log_path))
+            return Claimed(cur.lastrowid, row["ws_id"], row["attempt"], log_path, row["conflict_files"],
+                           row["integrated_commit"])
 
     def record_spawn(self, attempt_id: int, pid: int, pgid: int, proc_start: str | None) -> None:
         with self.write() as db:
@@ -162,17 +188,10 @@ class StateStore:
         with self.write() as db:
             db.execute("UPDATE attempts SET heartbeat_at = ? WHERE id = ?", (now, attempt_id))
 
-    def finish_attempt(self, attempt_id: int, run_id: str, ws_id: str, *, attempt_status: str,
-                       ws_status: str, now: float, exit_code: int | None = None, signal: int | None = None,
-                       error: str | None = None, retry_at: float | None = None) -> None:
+    def finish_attempt(self, run_id: str, finish: Finish) -> None:
         """Close an attempt and move its workstream on, in one transaction."""
-        final = ws_status in FINAL_STATUSES
         with self.write() as db:
-            db.execute("UPDATE attempts SET status = ?, finished_at = ?, exit_code = ?, signal = ?, error = ? "
-                       "WHERE id = ?", (attempt_status, now, exit_code, signal, error, attempt_id))
-            db.execute("UPDATE workstreams SET status = ?, error = ?, retry_at = ?, "
-                       "finished_at = CASE WHEN ? THEN ? ELSE NULL END WHERE run_id = ? AND ws_id = ?",
-                       (ws_status, error, retry_at, final, now, run_id, ws_id))
+            _finish_attempt(db, run_id, finish)
 
     def update_workstream(self, run_id: str, ws_id: str, **fields: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in fields)
@@ -247,6 +266,39 @@ class StateStore:
                 if len(seen) < per_workstream:
                     seen.append(duration)
         return out
+
+
+@dataclass(frozen=True)
+class Claimed:
+    attempt_id: int
+    ws_id: str
+    attempt: int
+    log_path: str
+    conflict_files: str | None      # JSON: files a previous attempt conflicted on
+    integrated_commit: str | None   # set if an earlier attempt was integrated before a crash
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The outcome of one attempt, as recorded."""
+
+    attempt_id: int
+    ws_id: str
+    attempt_status: str
+    ws_status: str
+    now: float
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str | None = None
+    retry_at: float | None = None
+
+
+def _finish_attempt(db: sqlite3.Connection, run_id: str, f: Finish) -> None:
+    db.execute("UPDATE attempts SET status = ?, finished_at = ?, exit_code = ?, signal = ?, error = ? WHERE id = ?",
+               (f.attempt_status, f.now, f.exit_code, f.signal, f.error, f.attempt_id))
+    db.execute("UPDATE workstreams SET status = ?, error = ?, retry_at = ?, "
+               "finished_at = CASE WHEN ? THEN ? ELSE NULL END WHERE run_id = ? AND ws_id = ?",
+               (f.ws_status, f.error, f.retry_at, f.ws_status in FINAL_STATUSES, f.now, run_id, f.ws_id))
 
 
 def json_dumps(value: Any) -> str:

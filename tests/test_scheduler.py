@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from agentrun import policy
 from agentrun.planner import build_plan
-from agentrun.scheduler import EAGER, WAVES, Scheduler, simulate
+from agentrun.scheduler import (EAGER, SHORT_ATTEMPT_SECONDS, WAVES, Scheduler, lookahead, simulate,
+                                to_release)
 from agentrun.spec import PRIORITIES, Command, Workstream
 
 
@@ -379,3 +380,34 @@ def test_after_attempt_retries_failures_until_attempts_run_out(status):
 def test_a_merge_conflict_is_retried_once_immediately_or_is_final():
     assert policy.after_attempt("conflict", 1, 3, 5.0) == policy.Decision("conflict")
     assert policy.after_attempt("conflict", 1, 1, 5.0, conflict_retry=True) == policy.Decision("retrying", 0.0)
+
+
+# --- releasing work ahead of free workers -------------------------------------------
+
+
+def test_no_lookahead_before_any_attempt_finished_or_for_long_attempts():
+    assert lookahead(4, None) == 0
+    assert lookahead(4, SHORT_ATTEMPT_SECONDS) == 0
+    assert lookahead(4, 30.0) == 0
+    assert lookahead(4, 0.002) > 0
+
+
+def test_without_lookahead_exactly_the_free_workers_are_filled():
+    assert [to_release(4, 0, n) for n in range(6)] == [4, 3, 2, 1, 0, 0]
+
+
+def test_with_lookahead_work_is_released_in_batches():
+    extra = lookahead(2, 0.001)
+    assert to_release(2, extra, 0) == 2 + extra                     # start: fill everything
+    assert to_release(2, extra, 2 + extra - 1) == 0                  # one finished: wait for more
+    assert to_release(2, extra, 2 + extra // 2) == extra // 2        # half the waiting ones gone: refill
+    assert to_release(2, extra, 1) == 1 + extra                      # a worker would go idle: refill now
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 16), st.integers(0, 64), st.integers(0, 100))
+def test_release_never_overfills_and_never_leaves_a_worker_without_work(workers, extra, inflight):
+    n = to_release(workers, extra, inflight)
+    assert n >= 0 and inflight + n <= max(inflight, workers + extra)
+    if inflight < workers:
+        assert inflight + n >= workers
