@@ -73,6 +73,11 @@ class RunContext:
     def log_path(self, ws_id: str, attempt: int) -> str:
         return f"{self.logs_dir}/{ws_id}.{attempt}.log"
 
+    def spool_path(self, lane: int) -> str:
+        """Where this worker's running attempt writes its log (named for the process, so that a
+        crashed worker's file is never reused): renamed to ``log_path`` if it is kept."""
+        return f"{self.logs_dir}/.lane-{lane}.{os.getpid()}.log"
+
     def lane(self, lane: int) -> tuple[str, str]:
         """(port, temporary directory) of a worker lane. A lane runs one attempt at a time, so
         its port and directory are never shared by two running workstreams; the port is picked
@@ -148,9 +153,12 @@ class Attempt:
         self.cancel_fd = cancel_fd
         self.wsp: Workspace | None = None
         self.integrated = False
+        self.routine_bytes = 0  # log lines that alone do not make the log worth keeping
 
-    def log(self, text: str) -> None:
-        os.write(self.log_fd, f"[agentrun] {text}\n".encode())
+    def log(self, text: str, *, routine: bool = False) -> None:
+        written = os.write(self.log_fd, f"[agentrun] {text}\n".encode())
+        if routine:
+            self.routine_bytes += written
 
     def _record_gate(self, phase, gate, status, exit_code, started, finished) -> None:
         self.store.record_gate(self.ctx.run_id, self.ws.id, self.job.attempt, phase, gate, status, exit_code,
@@ -203,7 +211,7 @@ class Attempt:
                     self.log(f"gate already fails on the base commit, reported as pre-existing: {name}")
 
         executor = self._executor(gates, workdir)
-        self.log(f"work: {ws.run.display() if ws.run else 'agent = ' + ws.agent}")
+        self.log(f"work: {ws.run.display() if ws.run else 'agent = ' + ws.agent}", routine=True)
         result = executor.execute(ws, actx)
         if result.status != "ok":
             return result
@@ -286,30 +294,42 @@ class Attempt:
 
 
 def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events: EventLog, *, lane: int,
-                    cancel_fd: int | None) -> ExecResult:
-    """Everything between the claim and the outcome: returns the result that decides the outcome."""
+                    cancel_fd: int | None) -> tuple[ExecResult, str | None]:
+    """Everything between the claim and the outcome: returns the result that decides the outcome
+    and where its log is kept.
+
+    The log is written to the worker's spool file and kept (renamed to ``RunContext.log_path``)
+    unless the attempt succeeded in place and nothing but the command line was written to it:
+    with thousands of tiny workstreams, creating a file per silent one costs more than the command.
+    """
     job = Job(claimed.ws_id, claimed.attempt)
     log_fd = os.open(claimed.log_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    attempt = Attempt(job, ctx, store, events, claimed.attempt_id, claimed.conflict_files, log_fd, cancel_fd, lane)
     try:
-        attempt = Attempt(job, ctx, store, events, claimed.attempt_id, claimed.conflict_files, log_fd,
-                          cancel_fd, lane)
         if claimed.integrated_commit or attempt.integrated_before_crash():
             # Integrated before a crash but not recorded done: never run or merge it twice.
             attempt.log("already integrated by an earlier attempt; recording it as done")
-            return ExecResult("ok", 0)
-        try:
-            result = attempt.run()
-            attempt.cleanup()
-        except Exception as exc:  # a bug or a broken repository fails the attempt, not the worker
-            result = ExecResult("failed", error=f"internal error: {type(exc).__name__}: {exc}")
-        if result.error and result.status != "ok":
-            last = last_output_line(log_fd)
-            if last and result.error.startswith("exit code"):
-                result.error = f"{result.error}: {last}"
-            attempt.log(result.error)
-        return result
+            result = ExecResult("ok", 0)
+        else:
+            try:
+                result = attempt.run()
+                attempt.cleanup()
+            except Exception as exc:  # a bug or a broken repository fails the attempt, not the worker
+                result = ExecResult("failed", error=f"internal error: {type(exc).__name__}: {exc}")
+            if result.error and result.status != "ok":
+                last = last_output_line(log_fd)
+                if last and result.error.startswith("exit code"):
+                    result.error = f"{result.error}: {last}"
+                attempt.log(result.error)
+        keep = (result.status != "ok" or ctx.isolated(attempt.ws)
+                or os.fstat(log_fd).st_size > attempt.routine_bytes)
     finally:
         os.close(log_fd)
+    if not keep:
+        return result, None
+    kept = ctx.log_path(claimed.ws_id, claimed.attempt)
+    os.rename(claimed.log_path, kept)
+    return result, kept
 
 
 def last_output_line(log_fd: int, window: int = 4096) -> str:
@@ -331,7 +351,8 @@ class Outcome:
     completion: Completion
 
 
-def decide_outcome(job: Job, ctx: RunContext, store: StateStore, attempt_id: int, result: ExecResult) -> Outcome:
+def decide_outcome(job: Job, ctx: RunContext, store: StateStore, attempt_id: int, result: ExecResult,
+                   log_path: str | None = None, *, set_log: bool = False) -> Outcome:
     ws = ctx.workstreams[job.ws_id]
     conflict_retry = False
     failures = 0
@@ -346,7 +367,7 @@ def decide_outcome(job: Job, ctx: RunContext, store: StateStore, attempt_id: int
     retry_at = now + decision.retry_in if decision.retry_in is not None else None
     attempt_status = {"ok": "done", "cancelled": "cancelled"}.get(result.status, result.status)
     finish = Finish(attempt_id, ws.id, attempt_status, decision.ws_status, now, result.exit_code, result.signal,
-                    result.error, retry_at)
+                    result.error, retry_at, set_log, log_path)
     event = {"done": "ws_done", "retrying": "ws_retrying", "failed": "ws_failed", "conflict": "ws_failed",
              "interrupted": "ws_interrupted"}[decision.ws_status]
     extra = {"exit_code": result.exit_code}

@@ -248,8 +248,8 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
             # Claim nothing new once told to stop or orphaned (the orchestrator would not hear of it).
             go_on = not stopping and os.getppid() == orchestrator
             claimed = store.finish_and_claim(ctx.run_id, outcome.finish if outcome else None, claim=go_on,
-                                             lane=lane, external_id=external_id, logs_dir=ctx.logs_dir,
-                                             now=time.time())
+                                             lane=lane, external_id=external_id,
+                                             log_path=ctx.spool_path(lane), now=time.time())
             records = []
             if outcome is not None:
                 crashpoints.hit("after-done")
@@ -268,12 +268,17 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
                 if not go_on or not _wait_for_work(conn, wake_r):
                     break
                 continue
-            result = execute_attempt(claimed, ctx, store, events, lane=lane, cancel_fd=wake_r)
+            result, log_path = execute_attempt(claimed, ctx, store, events, lane=lane, cancel_fd=wake_r)
             crashpoints.hit("before-done")
-            outcome = decide_outcome(Job(claimed.ws_id, claimed.attempt), ctx, store, claimed.attempt_id, result)
+            outcome = decide_outcome(Job(claimed.ws_id, claimed.attempt), ctx, store, claimed.attempt_id, result,
+                                     log_path, set_log=True)
     finally:
         store.close()
         events.close()
+    try:  # what the last silent attempt left in the spool; a crashed worker's stays with its attempt
+        os.unlink(ctx.spool_path(lane))
+    except FileNotFoundError:
+        pass
 
 
 def _wait_for_work(conn: Connection, wake_r: int) -> bool:

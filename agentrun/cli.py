@@ -268,6 +268,9 @@ def logs(run_id, ws_id, attempt, conversation, state_dir) -> None:
         from .models_view import render_conversation
         click.echo(render_conversation(conv))
         return
+    if path is None:
+        click.echo(f"workstream '{ws_id}' attempt {number} succeeded and printed nothing; no log was kept", err=True)
+        return
     if not Path(path).is_file():
         raise UsageError(f"log file {path} is missing (removed by hand?)")
     with open(path, "rb") as fh:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-
-from filelock import FileLock
+from typing import TYPE_CHECKING
 
 from .errors import GitError  # noqa: F401  (re-exported for callers)
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 # agentrun's own commits must not depend on the user's identity being set, nor
 # run their hooks (a hook that edits or rejects would make verification lie).
@@ -124,6 +126,8 @@ _common_dirs: dict[str, Path] = {}
 def worktree_lock(root: Path) -> FileLock:
     """Worktree bookkeeping is not safe to run concurrently (``prune`` deletes the
     empty ``worktrees/`` directory another ``add`` is about to use): one at a time."""
+    from filelock import FileLock  # only git runs need it; importing it costs ~30 ms at every start
+
     key = str(root)
     if key not in _common_dirs:
         common = Path(out(root, "rev-parse", "--git-common-dir"))

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from filelock import FileLock
 
 from . import crashpoints, git
 from .executors import AttemptContext, ExecResult, run_command
@@ -185,6 +184,8 @@ def integrate(gr: GitRun, run_id: str, ws: Workstream, wsp: Workspace, gates: Ga
     ``on_integrated(commit) -> seq`` records the integration durably while the
     lock is still held, so the recorded order is the order on the branch.
     """
+    from filelock import FileLock  # see git.worktree_lock
+
     with FileLock(str(gr.lock_path)):
         tip = git.rev(gr.repo, gr.integration_ref)
         done = already_integrated(gr, run_id, ws.id, tip)

@@ -100,7 +100,8 @@ a schema version; fields are never removed or renamed without changing it.
     on_critical_path   true when on run.critical_path
     exit_code, signal  of the last attempt
     error              the workstream's last error message
-    log_path           log file of the last attempt
+    log_path           log file of the last attempt (null when it succeeded
+                       without printing anything: no log is kept then)
     log_tail           for failed and conflict workstreams: the last lines of
                        that log (null otherwise, or when the log is missing)
     integrated_commit, integration_seq
@@ -120,7 +121,7 @@ a schema version; fields are never removed or renamed without changing it.
     started_at, finished_at
     offset_s           started_at - run.created_at
     duration_s         finished_at (or generated_at while running) - started_at
-    exit_code, signal, error, log_path
+    exit_code, signal, error, log_path (null: a silent success, no log kept)
   gates              list, in the order they ran: ws_id, attempt, phase
                      (baseline, verify, after_merge, agent), gate, status
                      (passed, failed, pre-existing, timeout), exit_code,

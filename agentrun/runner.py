@@ -163,7 +163,7 @@ def create_run(prep: Prepared) -> tuple[StateStore, str]:
         except ValueError:
             pass  # state directory outside the repository
         git_fields = {"base_commit": base, "integration_branch": branch, "into_branch": opts.into}
-    hashes = {w: ws.spec_hash() for w, ws in plan.workstreams.items()}
+    snapshots = {w: ws.snapshot() for w, ws in plan.workstreams.items()}
     run_row = {
         "id": run_id, "source": str(Path(opts.source).resolve()), "project_root": str(prep.root),
         "options": json_dumps({"max_workers": opts.max_workers, "schedule": opts.schedule,
@@ -173,11 +173,11 @@ def create_run(prep: Prepared) -> tuple[StateStore, str]:
         "status": "running", "created_at": time.time(), "max_workers": opts.max_workers,
         "orchestrator_pid": os.getpid(), "orchestrator_start": procs.proc_start_time(os.getpid()),
         "heartbeat_at": time.time(),
-        "schedule": opts.schedule, "spec_hash": json_dumps(sorted(hashes.items())),
+        "schedule": opts.schedule, "spec_hash": json_dumps(sorted((w, h) for w, (_, h) in snapshots.items())),
         "notes": json_dumps(prep.notes), **git_fields,
     }
-    rows = [(run_id, w, json_dumps(ws.to_json()), hashes[w], "pending", ws.retries + 1, plan.wave_of[w],
-             plan.estimates[w]) for w, ws in plan.workstreams.items()]
+    rows = [(run_id, w, *snapshots[w], "pending", ws.retries + 1, plan.wave_of[w], plan.estimates[w])
+            for w, ws in plan.workstreams.items()]
     store.create_run(run_row, rows)
     return store, run_id
 

@@ -111,9 +111,13 @@ class Workstream:
             out[name] = value
         return out
 
-    def spec_hash(self) -> str:
+    def snapshot(self) -> tuple[str, str]:
+        """The canonical JSON text of ``to_json`` and its hash."""
         blob = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return blob, hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def spec_hash(self) -> str:
+        return self.snapshot()[1]
 
 
 # --- field checkers: each returns the normalised value or raises ValueError ---

@@ -156,9 +156,10 @@ class StateStore:
         return [r[0] for r in rows]
 
     def finish_and_claim(self, run_id: str, finish: Finish | None, *, claim: bool, lane: int, external_id: str,
-                         logs_dir: str, now: float) -> Claimed | None:
+                         log_path: str, now: float) -> Claimed | None:
         """Record the outcome of this worker's last attempt (if any) and claim the next released
-        workstream (if ``claim``), in one transaction; returns the claim, or None if nothing waits."""
+        workstream (if ``claim``), in one transaction; returns the claim, or None if nothing waits.
+        ``log_path`` is where the claimed attempt's log is written while it runs."""
         with self.write() as db:
             if finish is not None:
                 _finish_attempt(db, run_id, finish)
@@ -172,7 +173,6 @@ class StateStore:
                 (now, run_id, run_id)).fetchone()
             if row is None:
                 return None
-            log_path = f"{logs_dir}/{row['ws_id']}.{row['attempt']}.log"
             cur = db.execute("INSERT INTO attempts (run_id, ws_id, attempt, status, lane, external_id, "
                              "started_at, heartbeat_at, log_path) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
                              (run_id, row["ws_id"], row["attempt"], lane, external_id, now, now, log_path))
@@ -291,11 +291,14 @@ class Finish:
     signal: int | None = None
     error: str | None = None
     retry_at: float | None = None
+    set_log: bool = False           # replace the attempt's log path with ``log_path`` (None: no log kept)
+    log_path: str | None = None
 
 
 def _finish_attempt(db: sqlite3.Connection, run_id: str, f: Finish) -> None:
-    db.execute("UPDATE attempts SET status = ?, finished_at = ?, exit_code = ?, signal = ?, error = ? WHERE id = ?",
-               (f.attempt_status, f.now, f.exit_code, f.signal, f.error, f.attempt_id))
+    db.execute("UPDATE attempts SET status = ?, finished_at = ?, exit_code = ?, signal = ?, error = ?, "
+               "log_path = CASE WHEN ? THEN ? ELSE log_path END WHERE id = ?",
+               (f.attempt_status, f.now, f.exit_code, f.signal, f.error, f.set_log, f.log_path, f.attempt_id))
     db.execute("UPDATE workstreams SET status = ?, error = ?, retry_at = ?, "
                "finished_at = CASE WHEN ? THEN ? ELSE NULL END WHERE run_id = ? AND ws_id = ?",
                (f.ws_status, f.error, f.retry_at, f.ws_status in FINAL_STATUSES, f.now, run_id, f.ws_id))

@@ -49,7 +49,9 @@ def render_status(store: StateStore, run_id: str | None) -> str:
     return "\n".join(lines)
 
 
-def log_path(store: StateStore, run_id: str, ws_id: str, attempt: int | None) -> Path:
+def log_path(store: StateStore, run_id: str, ws_id: str, attempt: int | None) -> Path | None:
+    """The log file of an attempt (the latest by default); None when it printed nothing and
+    succeeded, as such attempts keep no log."""
     resolve_run(store, run_id)
     attempts = store.attempts(run_id, ws_id)
     if not attempts:
@@ -64,4 +66,4 @@ def log_path(store: StateStore, run_id: str, ws_id: str, attempt: int | None) ->
         if row is None:
             raise UsageError(f"--attempt: workstream '{ws_id}' has attempts "
                              f"{', '.join(str(a['attempt']) for a in attempts)}")
-    return Path(row["log_path"])
+    return Path(row["log_path"]) if row["log_path"] else None

@@ -198,6 +198,25 @@ def test_argv_commands_run_without_a_shell(project):
     assert "$HOME ['-c', 'x y']" in log
 
 
+def test_a_silent_success_keeps_no_log_and_everything_else_does(project):
+    write_ws(project / "w", "quiet", run="true")
+    write_ws(project / "w", "chatty", run="echo said something")
+    write_ws(project / "w", "broken", run="exit 3")
+    proc = agentrun("run", "w", "--parallel", "--max-workers", 2, cwd=project)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    db = state(project)
+    run_id = db.latest_run()["id"]
+    logs = {a["ws_id"]: a["log_path"] for a in db.attempts(run_id)}
+    assert logs["quiet"] is None
+    assert open(logs["chatty"]).read().endswith("said something\n")
+    assert "exit code 3" in open(logs["broken"]).read()
+    quiet = agentrun("logs", run_id, "quiet", cwd=project)
+    assert quiet.returncode == 0 and quiet.stdout == "" and "printed nothing" in quiet.stderr
+    # The files are the kept logs and nothing else: the workers' spool files are gone.
+    assert sorted(p.name for p in (project / ".agentrun" / "runs" / run_id / "logs").iterdir()) == \
+        ["broken.1.log", "chatty.1.log"]
+
+
 def test_environment_and_cwd_reach_the_command(project):
     (project / "sub").mkdir()
     write_ws(project / "w", "envy", cwd="sub", env={"GREETING": "hi"},
