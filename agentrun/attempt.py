@@ -153,12 +153,14 @@ class Attempt:
         self.cancel_fd = cancel_fd
         self.wsp: Workspace | None = None
         self.integrated = False
-        self.routine_bytes = 0  # log lines that alone do not make the log worth keeping
+        self.header: bytes | None = None  # a routine first line, written only if the log is kept
 
     def log(self, text: str, *, routine: bool = False) -> None:
-        written = os.write(self.log_fd, f"[agentrun] {text}\n".encode())
-        if routine:
-            self.routine_bytes += written
+        line = f"[agentrun] {text}\n".encode()
+        if routine and os.fstat(self.log_fd).st_size == 0:
+            self.header = line
+        else:
+            os.write(self.log_fd, line)
 
     def _record_gate(self, phase, gate, status, exit_code, started, finished) -> None:
         self.store.record_gate(self.ctx.run_id, self.ws.id, self.job.attempt, phase, gate, status, exit_code,
@@ -298,12 +300,15 @@ def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events
     """Everything between the claim and the outcome: returns the result that decides the outcome
     and where its log is kept.
 
-    The log is written to the worker's spool file and kept (renamed to ``RunContext.log_path``)
-    unless the attempt succeeded in place and nothing but the command line was written to it:
-    with thousands of tiny workstreams, creating a file per silent one costs more than the command.
+    The log is written to the worker's spool file (``claimed.log_path``) and kept as
+    ``RunContext.log_path`` unless the attempt succeeded in place and nothing but the command
+    line would be in it: with thousands of tiny workstreams, creating (or emptying) a file per
+    silent attempt costs more than the command. The spool is empty between attempts.
     """
     job = Job(claimed.ws_id, claimed.attempt)
-    log_fd = os.open(claimed.log_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    log_fd = os.open(claimed.log_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    if os.fstat(log_fd).st_size:  # left over by an attempt that raised before its log was settled
+        os.ftruncate(log_fd, 0)
     attempt = Attempt(job, ctx, store, events, claimed.attempt_id, claimed.conflict_files, log_fd, cancel_fd, lane)
     try:
         if claimed.integrated_commit or attempt.integrated_before_crash():
@@ -321,15 +326,29 @@ def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events
                 if last and result.error.startswith("exit code"):
                     result.error = f"{result.error}: {last}"
                 attempt.log(result.error)
-        keep = (result.status != "ok" or ctx.isolated(attempt.ws)
-                or os.fstat(log_fd).st_size > attempt.routine_bytes)
+        return result, _settle_log(claimed, ctx, attempt, result, log_fd)
     finally:
         os.close(log_fd)
-    if not keep:
-        return result, None
+
+
+def _settle_log(claimed: Claimed, ctx: RunContext, attempt: Attempt, result: ExecResult, log_fd: int) -> str | None:
+    size = os.fstat(log_fd).st_size
+    if result.status == "ok" and not ctx.isolated(attempt.ws) and size == 0:
+        return None
     kept = ctx.log_path(claimed.ws_id, claimed.attempt)
-    os.rename(claimed.log_path, kept)
-    return result, kept
+    if attempt.header is None:
+        os.rename(claimed.log_path, kept)  # the next attempt starts a new spool
+        return kept
+    out = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(out, attempt.header)
+        copied = 0
+        while copied < size:
+            copied += os.copy_file_range(log_fd, out, size - copied, copied) or size
+    finally:
+        os.close(out)
+    os.ftruncate(log_fd, 0)
+    return kept
 
 
 def last_output_line(log_fd: int, window: int = 4096) -> str:

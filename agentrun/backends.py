@@ -206,6 +206,9 @@ class LocalProcessBackend:
     def shutdown(self) -> list[Report]:
         """Tell workers to exit once idle, and collect reports until every one is gone."""
         self._closing = True
+        for fd in self._extra:  # the caller's wake-up descriptors: nothing to wake for any more
+            self._selector.unregister(fd)
+        self._extra.clear()
         out: list[Report] = []
         for w in self._workers:
             try:

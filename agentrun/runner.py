@@ -391,7 +391,6 @@ class Orchestrator:
                     break
                 crashpoints.hit("orchestrator-loop")
                 reports = backend.poll(self._poll_timeout(), [wake_r])
-                _drain(wake_r)
                 for report in reports:
                     self._on_report(report)
                 if self.uses_llm and (reports or time.monotonic() - last_beat >= RUN_HEARTBEAT_SECONDS):
@@ -612,10 +611,3 @@ def git_run_for(run_row, layout: Layout) -> GitRun | None:
     return GitRun(Path(run_row["project_root"]), run_row["base_commit"], run_row["integration_branch"],
                   locks / f"{run_row['id']}.integration.lock")
 
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
