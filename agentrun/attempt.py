@@ -42,9 +42,10 @@ class Job:
 class Completion:
     ws_id: str
     attempt: int
-    status: str                 # workstream status now: done, retrying, failed, conflict, interrupted, crashed, skipped
+    status: str                 # workstream status now: done, retrying, failed, conflict, interrupted, crashed
     retry_at: float | None = None
     error: str | None = None
+    seconds: float | None = None  # how long the attempt took, claim to outcome
 
 
 @dataclass
@@ -371,7 +372,7 @@ class Outcome:
 
 
 def decide_outcome(job: Job, ctx: RunContext, store: StateStore, attempt_id: int, result: ExecResult,
-                   log_path: str | None = None, *, set_log: bool = False) -> Outcome:
+                   log_path: str | None = None, *, set_log: bool = False, seconds: float | None = None) -> Outcome:
     ws = ctx.workstreams[job.ws_id]
     conflict_retry = False
     failures = 0
@@ -395,7 +396,7 @@ def decide_outcome(job: Job, ctx: RunContext, store: StateStore, attempt_id: int
     if retry_at is not None:
         extra["retry_in"] = round(decision.retry_in or 0, 3)
     return Outcome(finish, (event, ws.id, job.attempt, extra),
-                   Completion(ws.id, job.attempt, decision.ws_status, retry_at, result.error))
+                   Completion(ws.id, job.attempt, decision.ws_status, retry_at, result.error, seconds))
 
 
 def record_outcome(job: Job, ctx: RunContext, store: StateStore, events: EventLog, attempt_id: int,

@@ -23,7 +23,7 @@ from typing import Callable, Protocol
 from . import crashpoints, procs
 from .attempt import Completion, Job, RunContext, decide_outcome, execute_attempt
 from .events import EventLog
-from .state import StateStore
+from .state import Claimed, StateStore
 
 
 class Backend(Protocol):
@@ -63,6 +63,7 @@ class WorkerLost:
 Report = Started | Completion | WorkerLost
 
 _FORK = multiprocessing.get_context("fork")
+REPORT_BATCH = 16   # most outcomes a worker holds back (see _report_now)
 
 
 def local_external_id(pid: int) -> str:
@@ -138,7 +139,7 @@ class LocalProcessBackend:
             if w.idle:
                 w.idle = False
                 w.conn.send(True)
-            count -= 1
+                count -= 1
 
     def poll(self, timeout: float | None, extra_fds: list[int] = ()) -> list[Report]:
         """Reports that arrived within ``timeout`` (or once one of ``extra_fds`` is readable)."""
@@ -179,8 +180,7 @@ class LocalProcessBackend:
     @staticmethod
     def _unpack(worker: _Worker, message, out: list[Report]) -> None:
         done, started = message
-        if done is not None:
-            out.append(done)
+        out.extend(done)
         if started is not None:
             out.append(started)
         worker.idle = started is None
@@ -246,6 +246,7 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
     events = EventLog(ctx.layout.events_path(ctx.run_id), ctx.run_id)
     external_id = local_external_id(os.getpid())
     outcome = None
+    unsent: list[Completion] = []
     try:
         while True:
             # Claim nothing new once told to stop or orphaned (the orchestrator would not hear of it).
@@ -257,24 +258,28 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
             if outcome is not None:
                 crashpoints.hit("after-done")
                 records.append(outcome.event)
+                unsent.append(outcome.completion)
             if claimed is not None:
                 crashpoints.hit("after-claim")
                 records.append(("ws_started", claimed.ws_id, claimed.attempt, {"lane": lane, "worker": external_id}))
             events.emit_all(records)
-            started = Started(claimed.ws_id, claimed.attempt, external_id) if claimed else None
-            try:
-                conn.send((outcome.completion if outcome else None, started))
-            except OSError:
-                break  # orchestrator gone; outcomes are durable in the DB, a claim is found by recovery
+            if claimed is None or _report_now(ctx, unsent, claimed):
+                started = Started(claimed.ws_id, claimed.attempt, external_id) if claimed else None
+                try:
+                    conn.send((unsent, started))
+                except OSError:
+                    break  # orchestrator gone; outcomes are durable in the DB, a claim is found by recovery
+                unsent = []
             outcome = None
             if claimed is None:
                 if not go_on or not _wait_for_work(conn, wake_r):
                     break
                 continue
+            began = time.monotonic()
             result, log_path = execute_attempt(claimed, ctx, store, events, lane=lane, cancel_fd=wake_r)
             crashpoints.hit("before-done")
             outcome = decide_outcome(Job(claimed.ws_id, claimed.attempt), ctx, store, claimed.attempt_id, result,
-                                     log_path, set_log=True)
+                                     log_path, set_log=True, seconds=time.monotonic() - began)
     finally:
         store.close()
         events.close()
@@ -282,6 +287,16 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
         os.unlink(ctx.spool_path(lane))
     except FileNotFoundError:
         pass
+
+
+def _report_now(ctx: RunContext, unsent: list[Completion], claimed: Claimed) -> bool:
+    """Whether to tell the orchestrator now, having claimed the next job. Released work is
+    plentiful only while attempts are short (see ``scheduler.lookahead``); then successes are
+    saved up, up to ``REPORT_BATCH``, until the released work runs low, so that a stream of tiny
+    workstreams does not wake the orchestrator for every one. Anything else is told at once."""
+    if len(unsent) >= REPORT_BATCH or claimed.waiting < ctx.max_workers:
+        return True
+    return any(c.status != "done" for c in unsent)
 
 
 def _wait_for_work(conn: Connection, wake_r: int) -> bool:

@@ -475,10 +475,9 @@ class Orchestrator:
         self._handled.add((c.ws_id, c.attempt))
         del self.inflight[c.ws_id]
         self.attempts[c.ws_id] = c.attempt
-        started = self.started.pop(c.ws_id, None)
-        if started is not None:
-            took = time.time() - started
-            self._typical = took if self._typical is None else 0.8 * self._typical + 0.2 * took
+        self.started.pop(c.ws_id, None)
+        if c.seconds is not None:
+            self._typical = c.seconds if self._typical is None else 0.8 * self._typical + 0.2 * c.seconds
         sched = self.sched
         if c.status == "done":
             self._newly_ready.extend(sched.mark_done(c.ws_id))

@@ -20,7 +20,7 @@ SCHEDULES = (EAGER, WAVES)
 # Attempts shorter than this are "short": handing out the next one costs a noticeable share
 # of the attempt itself, so work is released ahead of free workers (see ``lookahead``).
 SHORT_ATTEMPT_SECONDS = 0.05
-SHORT_LOOKAHEAD_PER_WORKER = 4
+SHORT_LOOKAHEAD_PER_WORKER = 8
 
 
 def lookahead(workers: int, typical_attempt_seconds: float | None) -> int:

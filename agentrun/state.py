@@ -176,8 +176,10 @@ class StateStore:
             cur = db.execute("INSERT INTO attempts (run_id, ws_id, attempt, status, lane, external_id, "
                              "started_at, heartbeat_at, log_path) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
                              (run_id, row["ws_id"], row["attempt"], lane, external_id, now, now, log_path))
+            waiting = db.execute("SELECT COUNT(*) FROM workstreams WHERE run_id = ? AND queue_seq IS NOT NULL",
+                                 (run_id,)).fetchone()[0]
             return Claimed(cur.lastrowid, row["ws_id"], row["attempt"], log_path, row["conflict_files"],
-                           row["integrated_commit"])
+                           row["integrated_commit"], waiting)
 
     def record_spawn(self, attempt_id: int, pid: int, pgid: int, proc_start: str | None) -> None:
         with self.write() as db:
@@ -276,6 +278,7 @@ class Claimed:
     log_path: str
     conflict_files: str | None      # JSON: files a previous attempt conflicted on
     integrated_commit: str | None   # set if an earlier attempt was integrated before a crash
+    waiting: int = 0                # released workstreams still unclaimed after this claim
 
 
 @dataclass(frozen=True)
