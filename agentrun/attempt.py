@@ -18,6 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import crashpoints, policy, procs
 from .events import EventLog
@@ -67,6 +68,7 @@ class RunContext:
         self.run_dir = str(self.layout.run_dir(self.run_id))
         self.logs_dir = str(self.layout.logs_dir(self.run_id))
         self._lanes: dict[int, tuple[str, str]] = {}
+        self._spool: tuple[int, str] | None = None
 
     def isolated(self, ws: Workstream) -> bool:
         return self.git is not None and ws.isolation != "none"
@@ -75,9 +77,13 @@ class RunContext:
         return f"{self.logs_dir}/{ws_id}.{attempt}.log"
 
     def spool_path(self, lane: int) -> str:
-        """Where this worker's running attempt writes its log (named for the process, so that a
-        crashed worker's file is never reused): renamed to ``log_path`` if it is kept."""
-        return f"{self.logs_dir}/.lane-{lane}.{os.getpid()}.log"
+        """Where this worker's running attempt writes its log, kept as ``log_path`` if worth
+        keeping. Named for the process (pid and start time), so that the file of an attempt a
+        crashed worker left behind is never taken over by another worker."""
+        if self._spool is None or self._spool[0] != os.getpid():
+            pid = os.getpid()
+            self._spool = (pid, f"{self.logs_dir}/.lane-{lane}.{pid}-{procs.proc_start_time(pid)}.log")
+        return self._spool[1]
 
     def lane(self, lane: int) -> tuple[str, str]:
         """(port, temporary directory) of a worker lane. A lane runs one attempt at a time, so
@@ -86,6 +92,11 @@ class RunContext:
         if lane not in self._lanes:
             self._lanes[lane] = (str(free_port()), str(self.layout.tmp_dir(self.run_id, lane)))
         return self._lanes[lane]
+
+    def forget_port(self, lane: int) -> None:
+        """After a failed attempt: the next one gets a freshly picked port, in case something
+        else has taken this one meanwhile."""
+        self._lanes.pop(lane, None)
 
 
 def llm_concurrency(max_workers: int) -> int:
@@ -144,9 +155,11 @@ class Attempt:
     """The steps of one claimed attempt; ``run`` returns the ExecResult that decides its outcome."""
 
     def __init__(self, job: Job, ctx: RunContext, store: StateStore, events: EventLog, attempt_id: int,
-                 conflict_files: str | None, log_fd: int, cancel_fd: int | None, lane: int = 0):
+                 conflict_files: str | None, log_fd: int, cancel_fd: int | None, lane: int = 0,
+                 on_long: Callable[[], object] | None = None):
         self.job, self.ctx, self.store, self.events = job, ctx, store, events
         self.lane = lane
+        self.on_long = on_long  # called once if the attempt turns out not to be short
         self.conflict_files: list[str] = json.loads(conflict_files) if conflict_files else []
         self.ws = ctx.workstreams[job.ws_id]
         self.attempt_id = attempt_id
@@ -170,8 +183,15 @@ class Attempt:
         self.events.emit(kind, self.ws.id, self.job.attempt, gate=gate, phase=phase, status=status)
 
     def _on_spawn(self, pid: int, pgid: int) -> None:
+        """A command is still running after ``procs.RECORD_AFTER_SECONDS``."""
         self.store.record_spawn(self.attempt_id, pid, pgid, procs.proc_start_time(pid))
         crashpoints.hit("after-spawn")
+        self._long()
+
+    def _long(self) -> None:
+        if self.on_long is not None:
+            on_long, self.on_long = self.on_long, None
+            on_long()
 
     def run(self) -> ExecResult:
         ctx, ws, job = self.ctx, self.ws, self.job
@@ -245,6 +265,7 @@ class Attempt:
         ws, ctx = self.ws, self.ctx
         if not ws.agent:
             return CommandExecutor()
+        self._long()  # an agent's attempt is never short
         # The LLM stack (requests and friends) is loaded only by runs that use it.
         from .agent import Conversation, LLMAgentExecutor, read_new_output
         from .llm_call import ModelCaller
@@ -297,7 +318,8 @@ class Attempt:
 
 
 def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events: EventLog, *, lane: int,
-                    cancel_fd: int | None) -> tuple[ExecResult, str | None]:
+                    cancel_fd: int | None, on_long: Callable[[], object] | None = None
+                    ) -> tuple[ExecResult, str | None]:
     """Everything between the claim and the outcome: returns the result that decides the outcome
     and where its log is kept.
 
@@ -310,7 +332,8 @@ def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events
     log_fd = os.open(claimed.log_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     if os.fstat(log_fd).st_size:  # left over by an attempt that raised before its log was settled
         os.ftruncate(log_fd, 0)
-    attempt = Attempt(job, ctx, store, events, claimed.attempt_id, claimed.conflict_files, log_fd, cancel_fd, lane)
+    attempt = Attempt(job, ctx, store, events, claimed.attempt_id, claimed.conflict_files, log_fd, cancel_fd, lane,
+                      on_long)
     try:
         if claimed.integrated_commit or attempt.integrated_before_crash():
             # Integrated before a crash but not recorded done: never run or merge it twice.
@@ -327,6 +350,7 @@ def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events
                 if last and result.error.startswith("exit code"):
                     result.error = f"{result.error}: {last}"
                 attempt.log(result.error)
+                ctx.forget_port(lane)
         return result, _settle_log(claimed, ctx, attempt, result, log_fd)
     finally:
         os.close(log_fd)
@@ -340,14 +364,14 @@ def _settle_log(claimed: Claimed, ctx: RunContext, attempt: Attempt, result: Exe
     if attempt.header is None:
         os.rename(claimed.log_path, kept)  # the next attempt starts a new spool
         return kept
-    out = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(out, attempt.header)
-        copied = 0
-        while copied < size:
-            copied += os.copy_file_range(log_fd, out, size - copied, copied) or size
-    finally:
-        os.close(out)
+        with open(kept, "wb") as out:
+            out.write(attempt.header)
+            for offset in range(0, size, 1 << 20):
+                out.write(os.pread(log_fd, min(1 << 20, size - offset), offset))
+    except OSError:  # disk full, say: keep the output without its first line rather than nothing
+        os.rename(claimed.log_path, kept)
+        return kept
     os.ftruncate(log_fd, 0)
     return kept
 

@@ -29,8 +29,8 @@ from .state import Claimed, StateStore
 class Backend(Protocol):
     """Where attempts run.
 
-    The orchestrator releases ready work in the state DB (``StateStore.dispatch``), in the order
-    it should start, and calls ``submit`` with how many released jobs no worker has claimed yet.
+    The orchestrator releases ready work in the state DB (``StateStore.dispatch``), numbered in
+    the order it should start, and calls ``submit`` with the highest number released.
     Whoever executes them claims the next released workstream itself and records its external
     id with the attempt; ``poll`` returns what happened since: ``Started``, ``Completion`` and
     ``WorkerLost`` reports.
@@ -38,7 +38,7 @@ class Backend(Protocol):
 
     size: int
 
-    def submit(self, count: int) -> None: ...
+    def submit(self, released: int) -> None: ...
     def poll(self, timeout: float | None, extra_fds: list[int] = ...) -> list[Report]: ...
     def cancel(self, external_id: str) -> None: ...
     def cancel_all(self) -> None: ...
@@ -84,6 +84,7 @@ class _Worker:
         self.process = process
         self.conn = conn
         self.idle = False       # said it found nothing to claim, and has not been woken since
+        self.seen = 0           # the highest queue number released when it last looked
         self.external_id = local_external_id(process.pid)
 
 
@@ -131,15 +132,17 @@ class LocalProcessBackend:
         finally:
             self._after_fork()
 
-    def submit(self, count: int) -> None:
-        """``count`` released jobs are unclaimed: wake up to that many idle workers."""
+    def submit(self, released: int) -> None:
+        """Jobs up to queue number ``released`` are released: wake the idle workers that looked
+        for work before the last of them was."""
         for w in self._workers:
-            if count <= 0:
-                break
-            if w.idle:
+            if w.idle and w.seen < released:
                 w.idle = False
-                w.conn.send(True)
-                count -= 1
+                w.seen = released
+                try:
+                    w.conn.send(True)
+                except OSError:
+                    pass  # it died; the next poll finds out
 
     def poll(self, timeout: float | None, extra_fds: list[int] = ()) -> list[Report]:
         """Reports that arrived within ``timeout`` (or once one of ``extra_fds`` is readable)."""
@@ -179,11 +182,12 @@ class LocalProcessBackend:
 
     @staticmethod
     def _unpack(worker: _Worker, message, out: list[Report]) -> None:
-        done, started = message
+        done, started, seen = message
         out.extend(done)
         if started is not None:
             out.append(started)
         worker.idle = started is None
+        worker.seen = max(worker.seen, seen)
 
     def _drain(self, worker: _Worker, out: list[Report]) -> None:
         try:
@@ -226,27 +230,38 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
     released; stop when told to, when the orchestrator goes away, or on SIGTERM."""
     for end in parent_ends:
         end.close()
-    # Ctrl-C reaches the whole foreground group; the orchestrator decides what
-    # stops. SIGTERM means "stop the current command cleanly and exit".
-    # A handler, not SIG_IGN: an ignored signal stays ignored across exec, and the
-    # commands this worker starts must get the default SIGINT behaviour.
-    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    # SIGTERM (the orchestrator stopping the run) and Ctrl-C (which reaches the whole foreground
+    # group, orchestrator included) both mean: stop the current command, record it, claim
+    # nothing more and exit. The signal's byte on ``wake_r`` is what interrupts the command.
+    # Handlers, not SIG_IGN: an ignored signal stays ignored across exec, and the commands this
+    # worker starts must get the default behaviour.
     orchestrator = crashpoints.orchestrator_pid = os.getppid()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     stopping = False
 
-    def on_term(signum, frame):
+    def on_stop(signum, frame):
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
     signal.set_wakeup_fd(wake_w)
     store = StateStore(ctx.layout.db_path)
     events = EventLog(ctx.layout.events_path(ctx.run_id), ctx.run_id)
     external_id = local_external_id(os.getpid())
     outcome = None
     unsent: list[Completion] = []
+
+    def report(started: Started | None, seen: int = 0) -> bool:
+        nonlocal unsent
+        try:
+            conn.send((unsent, started, seen))
+        except OSError:
+            return False  # orchestrator gone; outcomes are durable in the DB, a claim is found by recovery
+        unsent = []
+        return True
+
     try:
         while True:
             # Claim nothing new once told to stop or orphaned (the orchestrator would not hear of it).
@@ -254,29 +269,29 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
             claimed = store.finish_and_claim(ctx.run_id, outcome.finish if outcome else None, claim=go_on,
                                              lane=lane, external_id=external_id,
                                              log_path=ctx.spool_path(lane), now=time.time())
+            found = isinstance(claimed, Claimed)
             records = []
             if outcome is not None:
                 crashpoints.hit("after-done")
                 records.append(outcome.event)
                 unsent.append(outcome.completion)
-            if claimed is not None:
+            if found:
                 crashpoints.hit("after-claim")
                 records.append(("ws_started", claimed.ws_id, claimed.attempt, {"lane": lane, "worker": external_id}))
             events.emit_all(records)
-            if claimed is None or _report_now(ctx, unsent, claimed):
-                started = Started(claimed.ws_id, claimed.attempt, external_id) if claimed else None
-                try:
-                    conn.send((unsent, started))
-                except OSError:
-                    break  # orchestrator gone; outcomes are durable in the DB, a claim is found by recovery
-                unsent = []
             outcome = None
-            if claimed is None:
-                if not go_on or not _wait_for_work(conn, wake_r):
+            if not found:
+                if not report(None, claimed) or not go_on or not _wait_for_work(conn, wake_r):
                     break
                 continue
+            started = Started(claimed.ws_id, claimed.attempt, external_id)
+            if _report_now(ctx, unsent, claimed) and not report(started):
+                break
             began = time.monotonic()
-            result, log_path = execute_attempt(claimed, ctx, store, events, lane=lane, cancel_fd=wake_r)
+            # An attempt that turns out long reports what was held back, and that it started.
+            on_long = (lambda: report(started)) if unsent else None
+            result, log_path = execute_attempt(claimed, ctx, store, events, lane=lane, cancel_fd=wake_r,
+                                               on_long=on_long)
             crashpoints.hit("before-done")
             outcome = decide_outcome(Job(claimed.ws_id, claimed.attempt), ctx, store, claimed.attempt_id, result,
                                      log_path, set_log=True, seconds=time.monotonic() - began)
@@ -300,7 +315,7 @@ def _report_now(ctx: RunContext, unsent: list[Completion], claimed: Claimed) -> 
 
 
 def _wait_for_work(conn: Connection, wake_r: int) -> bool:
-    """Sleep until woken (True) or told to stop (False: a stop message, EOF, or SIGTERM)."""
+    """Sleep until woken (True) or told to stop (False: a stop message, EOF, or a signal)."""
     ready = mp_wait([conn, wake_r])
     if wake_r in ready:
         return False

@@ -271,8 +271,12 @@ def logs(run_id, ws_id, attempt, conversation, state_dir) -> None:
     if path is None:
         click.echo(f"workstream '{ws_id}' attempt {number} succeeded and printed nothing; no log was kept", err=True)
         return
-    if not Path(path).is_file():
-        raise UsageError(f"log file {path} is missing (removed by hand?)")
+    if not path.is_file():
+        # A worker that died right after settling the log had not recorded where it went.
+        kept = layout.log_path(run_id, ws_id, number)
+        if not kept.is_file():
+            raise UsageError(f"log file {path} is missing (removed by hand?)")
+        path = kept
     with open(path, "rb") as fh:
         sys.stdout.buffer.write(fh.read())
 

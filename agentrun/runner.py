@@ -371,7 +371,7 @@ class Orchestrator:
         newly_blocked = sorted(self.sched.blocked - failed - already)
         self.store.update_run(self.run_id, status="running", orchestrator_pid=os.getpid(),
                               orchestrator_start=procs.proc_start_time(os.getpid()), heartbeat_at=time.time())
-        self.store.unqueue(self.run_id)  # anything a dead orchestrator released is decided again
+        self.store.unqueue(self.run_id, restart=True)  # what a dead orchestrator released is decided again
         self.events.emit("run_resumed" if self.resumed else "run_started", workers=self.options.max_workers,
                          schedule=self.options.schedule, workstreams=len(self.plan.workstreams))
         if newly_blocked:  # on resume: dependents of work that failed before
@@ -438,7 +438,7 @@ class Orchestrator:
             ready, self._newly_ready = self._newly_ready, []
             self._release(ready, taken)
         # Also after releasing nothing: a worker may have looked for work just before the last release.
-        backend.submit(sum(1 for a in self.inflight.values() if a is None))
+        backend.submit(self._queue_seq)
 
     def _release(self, ready: list[str], taken: list[str]) -> None:
         queued = []
@@ -446,10 +446,11 @@ class Orchestrator:
             self._queue_seq += 1
             queued.append((ws_id, self._queue_seq))
             self.inflight[ws_id] = None
+        # Before the release: a worker may start (and log) a released job at once.
+        self.events.emit_all([("ws_ready", w, self.attempts.get(w, 0) + 1, {}) for w in ready])
         for ws_id in self.store.dispatch(self.run_id, ready, queued):
             del self.inflight[ws_id]  # not ready in the DB after all: leave it, as a failed claim would
             self.sched.release(ws_id)
-        self.events.emit_all([("ws_ready", w, self.attempts.get(w, 0) + 1, {}) for w in ready])
 
     def _unqueue(self) -> None:
         """Take back released work no worker has claimed: it goes back to the ready queue."""
@@ -460,7 +461,8 @@ class Orchestrator:
 
     def _on_report(self, report: Report) -> None:
         if isinstance(report, Started):
-            if self.inflight.get(report.ws_id, 0) is None:
+            # Reports can be late: one for an attempt whose outcome is already handled is stale.
+            if self.inflight.get(report.ws_id, 0) is None and report.attempt > self.attempts.get(report.ws_id, 0):
                 self.inflight[report.ws_id] = report.attempt
                 self.attempts[report.ws_id] = report.attempt
                 self.started[report.ws_id] = time.time()

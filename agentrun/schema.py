@@ -165,6 +165,9 @@ def m004_dispatch_queue(db: sqlite3.Connection) -> None:
     # a free worker claims the lowest number itself instead of waiting to be handed a job.
     db.execute("ALTER TABLE workstreams ADD COLUMN queue_seq INTEGER")
     db.execute("CREATE INDEX workstreams_queue ON workstreams (run_id, queue_seq) WHERE queue_seq IS NOT NULL")
+    # The highest queue number released so far: a worker that found nothing says which release
+    # it had seen, so that one released after its look wakes it.
+    db.execute("ALTER TABLE runs ADD COLUMN released_seq INTEGER NOT NULL DEFAULT 0")
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [

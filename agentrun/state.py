@@ -146,25 +146,31 @@ class StateStore:
                 if db.execute("UPDATE workstreams SET queue_seq = ? WHERE run_id = ? AND ws_id = ? "
                               "AND status = 'ready'", (seq, run_id, ws_id)).rowcount == 0:
                     refused.append(ws_id)
+            if queued:
+                db.execute("UPDATE runs SET released_seq = ? WHERE id = ?", (queued[-1][1], run_id))
         return refused
 
-    def unqueue(self, run_id: str) -> list[str]:
-        """Take back released work no worker has claimed yet; returns its ids."""
+    def unqueue(self, run_id: str, *, restart: bool = False) -> list[str]:
+        """Take back released work no worker has claimed yet; returns its ids. ``restart``: also
+        start the queue numbers again (a new orchestrator)."""
         with self.write() as db:
             rows = db.execute("UPDATE workstreams SET queue_seq = NULL WHERE run_id = ? AND queue_seq IS NOT NULL "
                               "RETURNING ws_id", (run_id,)).fetchall()
+            if restart:
+                db.execute("UPDATE runs SET released_seq = 0 WHERE id = ?", (run_id,))
         return [r[0] for r in rows]
 
     def finish_and_claim(self, run_id: str, finish: Finish | None, *, claim: bool, lane: int, external_id: str,
-                         log_path: str, now: float) -> Claimed | None:
+                         log_path: str, now: float) -> Claimed | int:
         """Record the outcome of this worker's last attempt (if any) and claim the next released
-        workstream (if ``claim``), in one transaction; returns the claim, or None if nothing waits.
-        ``log_path`` is where the claimed attempt's log is written while it runs."""
+        workstream (if ``claim``), in one transaction. Returns the claim or, when nothing waits,
+        the highest queue number released so far. ``log_path`` is where the claimed attempt's log
+        is written while it runs."""
         with self.write() as db:
             if finish is not None:
                 _finish_attempt(db, run_id, finish)
             if not claim:
-                return None
+                return 0
             row = db.execute(
                 "UPDATE workstreams SET status = 'running', attempt = attempt + 1, queue_seq = NULL, "
                 "started_at = COALESCE(started_at, ?) WHERE run_id = ? AND ws_id = ("
@@ -172,7 +178,7 @@ class StateStore:
                 "ORDER BY queue_seq LIMIT 1) RETURNING ws_id, attempt, conflict_files, integrated_commit",
                 (now, run_id, run_id)).fetchone()
             if row is None:
-                return None
+                return db.execute("SELECT released_seq FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
             cur = db.execute("INSERT INTO attempts (run_id, ws_id, attempt, status, lane, external_id, "
                              "started_at, heartbeat_at, log_path) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
                              (run_id, row["ws_id"], row["attempt"], lane, external_id, now, now, log_path))

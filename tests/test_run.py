@@ -217,6 +217,22 @@ def test_a_silent_success_keeps_no_log_and_everything_else_does(project):
         ["broken.1.log", "chatty.1.log"]
 
 
+def test_a_long_attempt_among_tiny_ones_does_not_hold_the_others_up(project):
+    # Tiny attempts make workers hold back their reports and the orchestrator release work
+    # ahead; the long one in the middle waits for the last tiny one, which only runs if the
+    # other worker keeps being fed while the long one runs.
+    marker = project / "last-ran"
+    for i in range(120):
+        write_ws(project / "w", f"w{i:03d}", run="true" if i < 119 else f"touch {marker}")
+    write_ws(project / "w", "w060-long", timeout="60s",
+             run=f"for i in $(seq 600); do [ -f {marker} ] && exit 0; sleep 0.1; done; exit 1")
+    proc = agentrun("run", "w", "--parallel", "--max-workers", 2, cwd=project)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    db = state(project)
+    attempts = {a["ws_id"]: a for a in db.attempts(db.latest_run()["id"])}
+    assert all(a["finished_at"] <= attempts["w060-long"]["finished_at"] for a in attempts.values())
+
+
 def test_environment_and_cwd_reach_the_command(project):
     (project / "sub").mkdir()
     write_ws(project / "w", "envy", cwd="sub", env={"GREETING": "hi"},
