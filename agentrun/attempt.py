@@ -1,9 +1,11 @@
 """One attempt of one workstream, from claim to durable outcome.
 
-Runs inside a worker process (whatever the execution backend). It writes its
-own transitions: claim, spawn, gates, integration, outcome. The outcome is
-committed to the state DB before anyone is told, so a workstream is ``done``
-only once that is durable.
+Runs inside a worker process (whatever the execution backend). The worker
+claims the attempt and records its outcome (``StateStore.finish_and_claim``);
+this module runs what lies between and decides that outcome, writing the
+attempt's own transitions on the way (spawn, gates, integration). The outcome
+is committed to the state DB before anyone is told, so a workstream is
+``done`` only once that is durable.
 
 Steps: claim -> workspace (a worktree at the integration tip, or in place)
 -> setup -> baseline gates -> the work -> commit and verify (changes, scope,
@@ -43,7 +45,7 @@ class Job:
 class Completion:
     ws_id: str
     attempt: int
-    status: str                 # workstream status now: done, retrying, failed, conflict, interrupted, crashed
+    status: str                 # workstream status now: done, retrying, failed, conflict, interrupted
     retry_at: float | None = None
     error: str | None = None
     seconds: float | None = None  # how long the attempt took, claim to outcome

@@ -227,7 +227,7 @@ class LocalProcessBackend:
 
 def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list[Connection]) -> None:
     """Worker loop: record the last outcome and claim the next job, run it; sleep when nothing is
-    released; stop when told to, when the orchestrator goes away, or on SIGTERM."""
+    released; stop when told to, when the orchestrator goes away, or on SIGTERM or SIGINT."""
     for end in parent_ends:
         end.close()
     # SIGTERM (the orchestrator stopping the run) and Ctrl-C (which reaches the whole foreground
