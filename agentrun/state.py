@@ -119,19 +119,17 @@ class StateStore:
         return self.db.execute("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT ?", (limit,)).fetchall()
 
     # --- workstream transitions ------------------------------------------------
-    def set_status(self, run_id: str, ws_ids: Iterable[str], status: str, *, only_from: tuple[str, ...] = (),
-                   error: str | None = None, now: float | None = None) -> None:
+    def set_status(self, run_id: str, ws_ids: Iterable[str], status: str, *, error: str | None = None,
+                   now: float | None = None) -> None:
         ids = list(ws_ids)
         if not ids:
             return
-        guard = f" AND status IN ({', '.join('?' * len(only_from))})" if only_from else ""
         final = status in FINAL_STATUSES
         with self.write() as db:
             db.executemany(
-                f"UPDATE workstreams SET status = ?, error = COALESCE(?, error), "
-                f"finished_at = CASE WHEN ? THEN ? ELSE finished_at END "
-                f"WHERE run_id = ? AND ws_id = ?{guard}",
-                [(status, error, final, now, run_id, w, *only_from) for w in ids])
+                "UPDATE workstreams SET status = ?, error = COALESCE(?, error), "
+                "finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE run_id = ? AND ws_id = ?",
+                [(status, error, final, now, run_id, w) for w in ids])
 
     def dispatch(self, run_id: str, ready: list[str], queued: list[tuple[str, int]]) -> list[str]:
         """In one transaction: mark ``ready`` workstreams ready, and release ``queued`` ones
