@@ -234,14 +234,33 @@ def check_run(state_dir: Path, outcome: RunOutcome, expected: int) -> RunCheck:
     return RunCheck(run_id, finished - created, last - first)
 
 
-def load_note() -> str | None:
+def load_note(consequence: str = "wall-clock throughput is understated; CPU ms/task is the steadier number"
+              ) -> str | None:
     """A warning when other work competes for the CPUs (wall-clock numbers are then noisy)."""
     load1 = os.getloadavg()[0]
     cpus = os.cpu_count() or 1
     if load1 > 0.5 * cpus:
         return (f"warning: load average {load1:.1f} on {cpus} CPUs before this benchmark: other work competes "
-                f"for the CPUs, wall-clock throughput is understated; CPU ms/task is the steadier number")
+                f"for the CPUs, {consequence}")
     return None
+
+
+def begin(title: str, **note) -> float:
+    """The opening lines every benchmark prints (its title, the load, a warning if loaded);
+    returns the start time for ``finish``."""
+    print(title)
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    warning = load_note(**note)
+    if warning:
+        print(warning)
+    return time.perf_counter()
+
+
+def remove_unless_kept(root: Path, keep: bool) -> None:
+    if keep:
+        print(f"kept {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def fmt_table(headers: list[str], rows: list[list[str]]) -> str:

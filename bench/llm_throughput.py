@@ -44,7 +44,6 @@ import argparse
 import hashlib
 import random
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -58,7 +57,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests"))
-from common import agentrun_cmd, bench_env, fmt_table, load_note, make_tmp  # noqa: E402
+from common import agentrun_cmd, bench_env, fmt_table, load_note, make_tmp, remove_unless_kept  # noqa: E402
 from fake_llm import FakeLLM, RecordedRequest, Reply, Slow  # noqa: E402
 
 EDITABLE = re.compile(r"^Editable files: (\S+)", re.M)
@@ -265,10 +264,7 @@ def main() -> int:
                 for off in offs:          # interleaved: drifting machine load hits both scenarios alike
                     results.append(run_scenario(args, root, profile, off, rep))
     finally:
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        remove_unless_kept(root, args.keep)
     total = time.perf_counter() - t0
 
     print(f"LLM agent throughput: {args.n} agent workstreams x {args.repeat} runs per row, --max-workers "

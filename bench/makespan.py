@@ -22,16 +22,13 @@ workers on 2 cores is fine.)
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (agentrun_cmd, check_run, depth, finish, fmt_table, load_note,  # noqa: E402
+from common import (agentrun_cmd, begin, check_run, depth, finish, fmt_table, remove_unless_kept,  # noqa: E402
                     make_tmp, random_dag, run_process, warm_up, write_workstreams)
 
 WORKERS = 4
@@ -75,13 +72,9 @@ def main() -> int:
     seeds = list(range(1, (args.seeds or (1 if args.quick else 3)) + 1))
 
     root = make_tmp("agentrun-bench-makespan-")
-    print(f"agentrun makespan benchmark: {' '.join(agentrun_cmd())}; {n} workstreams, {WORKERS} workers; "
-          f"files in {root}")
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
-    note = load_note()
-    if note:
-        print(note.replace("CPU ms/task is the steadier number", "per-attempt latencies grow"))
-    t0 = time.perf_counter()
+    t0 = begin(f"agentrun makespan benchmark: {' '.join(agentrun_cmd())}; {n} workstreams, {WORKERS} workers; "
+               f"files in {root}",
+               consequence="wall-clock throughput is understated; per-attempt latencies grow")
     warm_up(root)
     rows = []
     ratios: dict[str, list[float]] = {s: [] for s in SCHEDULES}
@@ -114,10 +107,7 @@ def main() -> int:
                 print(f"  seed {seed} {schedule:<5}: makespan {check.makespan:.2f}s, bound {bound:.2f}s, "
                       f"ratio {ratio:.3f}", flush=True)
     finally:
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        remove_unless_kept(root, args.keep)
 
     print()
     print("Per run (seconds; makespan from the state DB attempts table, wall = whole process)")

@@ -24,7 +24,6 @@ workstream and attempt ``done`` in the state DB.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -33,8 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (agentrun_cmd, check_run, depth, finish, fmt_table,  # noqa: E402
-                    independent_graph, invalid, load_note, make_tmp, random_dag, run_process, warm_up,
+from common import (agentrun_cmd, begin, check_run, depth, finish, fmt_table, remove_unless_kept,  # noqa: E402
+                    independent_graph, invalid, make_tmp, random_dag, run_process, warm_up,
                     write_makefile, write_workstreams)
 
 THROUGHPUT_TARGET = 0.5      # agentrun tasks/s >= this x make's
@@ -160,24 +159,16 @@ def main() -> int:
     root = make_tmp("agentrun-bench-overhead-")
     if args.state_root:
         STATE_ROOT = Path(tempfile.mkdtemp(prefix="agentrun-bench-state-", dir=args.state_root))
-    print(f"agentrun overhead benchmark: {' '.join(agentrun_cmd())}; files in {root}; "
-          f"state dirs in {STATE_ROOT or root}")
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
-    note = load_note()
-    if note:
-        print(note)
-    t0 = time.perf_counter()
+    t0 = begin(f"agentrun overhead benchmark: {' '.join(agentrun_cmd())}; files in {root}; "
+               f"state dirs in {STATE_ROOT or root}")
     try:
         warm_up(root)
         ok = throughput(root, n, repeat, t0 + (args.budget or (30 if args.quick else 100)))
         ok &= memory(root, mem_n)
     finally:
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-            if STATE_ROOT is not None:
-                shutil.rmtree(STATE_ROOT, ignore_errors=True)
+        remove_unless_kept(root, args.keep)
+        if not args.keep and STATE_ROOT is not None:
+            shutil.rmtree(STATE_ROOT, ignore_errors=True)
     return finish(ok, t0)
 
 

@@ -45,7 +45,6 @@ import fcntl
 import json
 import os
 import pty
-import shutil
 import signal
 import sqlite3
 import struct
@@ -58,8 +57,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (agentrun_cmd, bench_env, finish, fmt_table,  # noqa: E402
-                    independent_graph, invalid, load_note, make_tmp, write_workstreams)
+from common import (agentrun_cmd, begin, bench_env, finish, fmt_table, remove_unless_kept,  # noqa: E402
+                    independent_graph, invalid, make_tmp, write_workstreams)
 
 RESUME_TARGET_S = 2.0
 MONITOR_TARGET_PCT = 5.0
@@ -473,20 +472,12 @@ def main() -> int:
         sys.exit("need at least 10 workstreams")
 
     root = make_tmp("agentrun-bench-recovery-")
-    print(f"agentrun recovery benchmark: {' '.join(agentrun_cmd())}; files in {root}")
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
-    note = load_note()
-    if note:
-        print(note)
-    t0 = time.perf_counter()
+    t0 = begin(f"agentrun recovery benchmark: {' '.join(agentrun_cmd())}; files in {root}")
     try:
         rows1, ok1 = resume_latency(root, n, args.profile)
         rows2, ok2 = monitor_cpu(root, m, args.quick)
     finally:
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        remove_unless_kept(root, args.keep)
     print()
     print(fmt_table(["measure", "value", "target", "result"], rows1 + rows2))
     ok = ok1 and ok2
