@@ -19,7 +19,7 @@ from .errors import UsageError
 from .events import EventLog, repair_tail
 from .integration import rescue_ref
 from .layout import Layout
-from .state import StateStore
+from .state import StateStore, return_unstarted
 
 REQUEUE = ("pending", "ready", "running", "retrying", "lost", "interrupted")
 
@@ -122,8 +122,7 @@ def recover(store: StateStore, layout: Layout, run_id: str, *, grace: float = pr
                           "WHERE run_id = ? AND status = 'running' RETURNING ws_id, attempt",
                           (now, run_id)).fetchall()
         db.execute("UPDATE workstreams SET status = 'lost' WHERE run_id = ? AND status = 'running'", (run_id,))
-        db.execute("UPDATE workstreams SET status = 'pending', queue_seq = NULL "
-                   "WHERE run_id = ? AND status IN ('ready', 'retrying')", (run_id,))
+        return_unstarted(db, run_id)
         db.execute("UPDATE runs SET status = 'interrupted', finished_at = ? WHERE id = ? AND status = 'running'",
                    (now, run_id))
     for row in lost:

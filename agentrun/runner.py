@@ -28,7 +28,7 @@ from .layout import Layout, layout_for, new_run_id, project_root
 from .planner import Plan, build_plan, select
 from .scheduler import SCHEDULES, Scheduler, lookahead, to_release
 from .spec import LLMSettings, Source, load_source, source_digest, workstreams_from_snapshots
-from .state import StateStore, json_dumps
+from .state import StateStore, json_dumps, return_unstarted
 
 RUN_HEARTBEAT_SECONDS = 2.0
 
@@ -564,10 +564,8 @@ class Orchestrator:
             self.display.update(self, force=force)
 
     def _finish(self) -> RunResult:
-        # Work that never started goes back to pending, so a resume picks it up.
         with self.store.write() as db:
-            db.execute("UPDATE workstreams SET status = 'pending', queue_seq = NULL "
-                       "WHERE run_id = ? AND status IN ('ready', 'retrying')", (self.run_id,))
+            return_unstarted(db, self.run_id)
         counts = self.store.counts(self.run_id)
         total = sum(counts.values())
         if self.stop_reason == "interrupted":

@@ -302,6 +302,13 @@ class Finish:
     log_path: str | None = None
 
 
+def return_unstarted(db: sqlite3.Connection, run_id: str) -> None:
+    """Inside a write transaction: work that was ready or waiting for a retry, but never
+    started, goes back to pending (and out of the release queue), so a resume decides it again."""
+    db.execute("UPDATE workstreams SET status = 'pending', queue_seq = NULL "
+               "WHERE run_id = ? AND status IN ('ready', 'retrying')", (run_id,))
+
+
 def _finish_attempt(db: sqlite3.Connection, run_id: str, f: Finish) -> None:
     db.execute("UPDATE attempts SET status = ?, finished_at = ?, exit_code = ?, signal = ?, error = ?, "
                "log_path = CASE WHEN ? THEN ? ELSE log_path END WHERE id = ?",
