@@ -72,6 +72,16 @@ class EventLog:
 
     def _repair_and_read_seq(self, fd: int, size: int) -> int:
         """Drop a torn tail, learn the last sequence number; returns the repaired size."""
+        # The usual case, another process appended whole records since our last write, takes one
+        # read: the last record and the newline before it are in the tail.
+        start = max(0, size - TAIL_BYTES)
+        tail = os.pread(fd, size - start, start)
+        if tail.endswith(b"\n"):
+            cut = tail.rfind(b"\n", 0, len(tail) - 1)
+            head = _SEQ_HEAD.match(tail, cut + 1) if cut >= 0 or start == 0 else None
+            if head:
+                self._seq = int(head.group(1))
+                return size
         keep = complete_size(fd, size)
         if keep != size:
             os.ftruncate(fd, keep)

@@ -362,12 +362,14 @@ class Orchestrator:
     # --- the run ---------------------------------------------------------------
     def run(self) -> RunResult:
         wake_r = self._install_signals()
-        rows = {r["ws_id"]: r for r in self.store.workstreams(self.run_id)}
-        self.attempts = {w: r["attempt"] for w, r in rows.items()}
-        done = [w for w, r in rows.items() if r["status"] == "done"]
-        failed = {w for w, r in rows.items() if r["status"] in ("failed", "conflict")}
+        statuses = {}
+        for ws_id, status, attempt in self.store.progress(self.run_id):
+            statuses[ws_id] = status
+            self.attempts[ws_id] = attempt
+        done = [w for w, s in statuses.items() if s == "done"]
+        failed = {w for w, s in statuses.items() if s in ("failed", "conflict")}
         self.sched = Scheduler(self.plan, self.options.schedule, completed=done, blocked=failed)
-        already = {w for w, r in rows.items() if r["status"] == "blocked"}
+        already = {w for w, s in statuses.items() if s == "blocked"}
         newly_blocked = sorted(self.sched.blocked - failed - already)
         self.store.update_run(self.run_id, status="running", orchestrator_pid=os.getpid(),
                               orchestrator_start=procs.proc_start_time(os.getpid()), heartbeat_at=time.time())

@@ -170,11 +170,48 @@ def m004_dispatch_queue(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN released_seq INTEGER NOT NULL DEFAULT 0")
 
 
+def m005_lean_hot_tables(db: sqlite3.Connection) -> None:
+    """Fewer pages written per attempt: every attempt changes two workstream statuses and writes
+    an attempt row, and each index on those columns (and AUTOINCREMENT's sqlite_sequence row)
+    added a page to every commit. Every query on these tables is by run first, which the primary
+    keys serve; counts by status scan one run's rows."""
+    db.execute("DROP INDEX workstreams_run_status")
+    db.execute("DROP INDEX attempts_ws_status")
+    # Without AUTOINCREMENT a new id is the largest plus one; attempts are never deleted, so ids
+    # still only grow.
+    db.execute("""
+        CREATE TABLE attempts_new (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            ws_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            status TEXT NOT NULL,               -- running, done, failed, timeout, crashed, cancelled, lost
+            lane INTEGER,                       -- worker slot, for timelines
+            external_id TEXT,                   -- the execution backend's id for this attempt
+            pid INTEGER,
+            pgid INTEGER,
+            proc_start TEXT,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            heartbeat_at REAL,
+            exit_code INTEGER,
+            signal INTEGER,
+            log_path TEXT,
+            error TEXT,
+            UNIQUE (run_id, ws_id, attempt)
+        )""")
+    db.execute("INSERT INTO attempts_new SELECT id, run_id, ws_id, attempt, status, lane, external_id, pid, pgid, "
+               "proc_start, started_at, finished_at, heartbeat_at, exit_code, signal, log_path, error FROM attempts")
+    db.execute("DROP TABLE attempts")
+    db.execute("ALTER TABLE attempts_new RENAME TO attempts")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_integration,
     m003_llm,
     m004_dispatch_queue,
+    m005_lean_hot_tables,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

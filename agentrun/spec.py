@@ -8,11 +8,12 @@ Pure core: ``parse_documents`` turns already-read documents into validated
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -101,19 +102,23 @@ class Workstream:
 
     def to_json(self) -> dict[str, Any]:
         """Canonical, JSON-able form: what is snapshotted in the state DB and hashed."""
-        out: dict[str, Any] = {}
-        for name in FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, Command):
-                value = value.to_json()
-            elif isinstance(value, tuple):
-                value = [v.to_json() if isinstance(v, Command) else v for v in value]
-            out[name] = value
-        return out
+        return {name: _jsonable(getattr(self, name)) for name in FIELDS}
 
     def snapshot(self) -> tuple[str, str]:
-        """The canonical JSON text of ``to_json`` and its hash."""
-        blob = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        """The canonical JSON text of ``to_json`` (keys sorted, compact) and its hash.
+
+        Built field by field, reusing the text of every value left at its default: a run of
+        thousands of workstreams snapshots them all before it starts, and most fields of most
+        workstreams are defaults. The text is byte for byte what ``json.dumps`` of ``to_json``
+        gives, so hashes recorded by older versions still match."""
+        parts = []
+        for name, key, default, default_text in _snapshot_fields():
+            value = getattr(self, name)
+            if value.__class__ is default.__class__ and value == default:
+                parts.append(key + default_text)
+            else:
+                parts.append(key + _canonical(_jsonable(value)))
+        blob = "{" + ",".join(parts) + "}"
         return blob, hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def spec_hash(self) -> str:
@@ -280,6 +285,27 @@ NOT_DEFAULTABLE = {"id", "depends_on", "title", "description"}
 CONFIG_SECTIONS = ("defaults", "models", "budget")
 RULE_KEYS = {"model_by_complexity": COMPLEXITIES, "model_by_type": TYPES}
 BUDGET_MODES = ("warn", "soft", "hard")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Command):
+        return value.to_json()
+    if isinstance(value, tuple):
+        return [v.to_json() if isinstance(v, Command) else v for v in value]
+    return value
+
+
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
+@functools.cache
+def _snapshot_fields() -> list[tuple[str, str, Any, str]]:
+    """(name, '"name":', default, its JSON text) for each field, in key order."""
+    defaults = {f.name: f.default if f.default is not MISSING else
+                (f.default_factory() if f.default_factory is not MISSING else None)
+                for f in dataclass_fields(Workstream)}
+    return [(name, _canonical(name) + ":", defaults[name], _canonical(_jsonable(defaults[name])))
+            for name in sorted(FIELDS)]
 
 
 @dataclass(frozen=True)

@@ -249,6 +249,11 @@ class StateStore:
         return self.db.execute("SELECT * FROM workstreams WHERE run_id = ? ORDER BY wave, ws_id",
                                (run_id,)).fetchall()
 
+    def progress(self, run_id: str) -> list[tuple[str, str, int]]:
+        """(ws id, status, latest attempt number) of each workstream: what an orchestrator starts from."""
+        return [tuple(r) for r in self.db.execute("SELECT ws_id, status, attempt FROM workstreams WHERE run_id = ?",
+                                                  (run_id,))]
+
     def attempts(self, run_id: str, ws_id: str | None = None) -> list[sqlite3.Row]:
         if ws_id is None:
             return self.db.execute("SELECT * FROM attempts WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()

@@ -332,3 +332,15 @@ def test_events_log_torn_tail_is_repaired_by_next_writer(tmp_path):
     lines = path.read_bytes().splitlines()
     assert [json.loads(line)["seq"] for line in lines] == [1, 2]
     assert os.path.getsize(path) == sum(len(line) + 1 for line in lines)
+
+
+def test_event_writers_taking_turns_continue_each_others_sequence(tmp_path):
+    # Each writer learns the last number from the file's tail, also when the last record is
+    # longer than the tail it reads first.
+    from agentrun.events import TAIL_BYTES, EventLog
+    path = tmp_path / "events.jsonl"
+    writers = [EventLog(path, "r1"), EventLog(path, "r1")]
+    for i in range(6):
+        big = {"error": "x" * (3 * TAIL_BYTES)} if i in (2, 3) else {}
+        writers[i % 2].emit_all([("ws_done", f"w{i}", 1, {}), ("ws_failed", f"v{i}", 1, big)])
+    assert [json.loads(line)["seq"] for line in path.read_bytes().splitlines()] == list(range(1, 13))

@@ -413,3 +413,46 @@ def test_spec_hash_changes_when_a_field_changes(change):
 
 def test_spec_hash_changes_when_a_default_changes():
     assert hash_of(BASE, config={"defaults": {"retries": 3}}) != hash_of(BASE)
+
+
+def test_snapshot_is_the_canonical_json_of_to_json_byte_for_byte(tmp_path):
+    # Hashes recorded by earlier versions must keep matching: the field-by-field snapshot has to
+    # give exactly what json.dumps of the whole definition gives, for defaults and for every kind
+    # of value (commands, command lists, tables, floats that look like ints, non-ASCII text).
+    (tmp_path / "agentrun.toml").write_text('[defaults]\nretries = 2\nenv = { B = "2", A = "1" }\n')
+    (tmp_path / "ws.toml").write_text('''
+[[workstream]]
+id = "plain"
+run = "true"
+
+[[workstream]]
+id = "full"
+title = "Grüße \\"quoted\\""
+description = "line one\\nline two"
+type = "docs"
+priority = "high"
+complexity = "complex"
+depends_on = ["plain"]
+estimate = "90s"
+files = ["src/*.py", "docs/"]
+run = ["python", "-c", "print(1)"]
+cwd = "src"
+env = { Z = "last", A = "first" }
+timeout = "5m"
+retry_backoff = "2s"
+tags = ["b", "a"]
+isolation = "none"
+setup = ["make deps", { name = "venv", run = ["python", "-m", "venv", ".v"] }]
+gates = [{ name = "tests", run = "pytest -q" }]
+expect_changes = false
+parallel_ok = false
+max_cost_usd = 0.5
+max_tokens = 1000
+''')
+    for ws in load_source(tmp_path).workstreams:
+        expected = json.dumps(ws.to_json(), sort_keys=True, separators=(",", ":"))
+        assert ws.snapshot()[0] == expected
+    # A value of another type that compares equal to its default (1 == 1.0) is not the default's text.
+    odd = Workstream(id="odd", retry_backoff=1, retries=0)
+    assert odd.snapshot()[0] == json.dumps(odd.to_json(), sort_keys=True, separators=(",", ":"))
+    assert '"retry_backoff":1,' in odd.snapshot()[0]
