@@ -20,6 +20,7 @@ from typing import Any
 from . import crashpoints
 
 TAIL_BYTES = 8192
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode  # one encoder, not one per record
 _SEQ_HEAD = re.compile(rb'\{"seq":(\d+),')
 
 
@@ -61,7 +62,7 @@ class EventLog:
             for record in records:
                 self._seq += 1
                 record["seq"] = self._seq
-                lines.append(json.dumps(record, separators=(",", ":"), default=str))
+                lines.append(_encode(record))
             data = ("\n".join(lines) + "\n").encode()
             crashpoints.torn_write(fd, data)
             os.write(fd, data)

@@ -176,8 +176,10 @@ def create_run(prep: Prepared) -> tuple[StateStore, str]:
         "schedule": opts.schedule, "spec_hash": json_dumps(sorted((w, h) for w, (_, h) in snapshots.items())),
         "notes": json_dumps(prep.notes), **git_fields,
     }
-    rows = [(run_id, w, *snapshots[w], "pending", ws.retries + 1, plan.wave_of[w], plan.estimates[w])
-            for w, ws in plan.workstreams.items()]
+    # Work without dependencies is ready from the start: recorded so now, not by a second pass over
+    # every row once the run starts.
+    rows = [(run_id, w, *snapshots[w], "pending" if plan.deps[w] else "ready", ws.retries + 1, plan.wave_of[w],
+             plan.estimates[w]) for w, ws in plan.workstreams.items()]
     store.create_run(run_row, rows)
     return store, run_id
 
@@ -328,6 +330,7 @@ class Orchestrator:
         self.inflight: dict[str, int | None] = {}  # released to the workers, outcome not yet handled: attempt
         self._handled: set[tuple[str, int]] = set()  # (ws, attempt) outcomes handled: reports may repeat
         self._queue_seq = 0
+        self._recorded_ready: set[str] = set()  # ready in the DB before this orchestrator said so
         self._typical: float | None = None  # recent attempt duration (moving average), for the lookahead
         self._budget_events: set[str] = set()
         self.attempts: dict[str, int] = {}
@@ -366,6 +369,7 @@ class Orchestrator:
         for ws_id, status, attempt in self.store.progress(self.run_id):
             statuses[ws_id] = status
             self.attempts[ws_id] = attempt
+        self._recorded_ready = {w for w, s in statuses.items() if s == "ready"}
         done = [w for w, s in statuses.items() if s == "done"]
         failed = {w for w, s in statuses.items() if s in ("failed", "conflict")}
         self.sched = Scheduler(self.plan, self.options.schedule, completed=done, blocked=failed)
@@ -450,6 +454,9 @@ class Orchestrator:
             self.inflight[ws_id] = None
         # Before the release: a worker may start (and log) a released job at once.
         self.events.emit_all([("ws_ready", w, self.attempts.get(w, 0) + 1, {}) for w in ready])
+        if self._recorded_ready:  # the first release of a new run: most of it is ready in the DB already
+            ready = [w for w in ready if w not in self._recorded_ready]
+            self._recorded_ready = set()
         for ws_id in self.store.dispatch(self.run_id, ready, queued):
             del self.inflight[ws_id]  # not ready in the DB after all: leave it, as a failed claim would
             self.sched.release(ws_id)

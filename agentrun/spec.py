@@ -11,6 +11,7 @@ import difflib
 import functools
 import hashlib
 import json
+import operator
 import re
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields as dataclass_fields
@@ -111,14 +112,10 @@ class Workstream:
         thousands of workstreams snapshots them all before it starts, and most fields of most
         workstreams are defaults. The text is byte for byte what ``json.dumps`` of ``to_json``
         gives, so hashes recorded by older versions still match."""
-        parts = []
-        for name, key, default, default_text in _snapshot_fields():
-            value = getattr(self, name)
-            if value.__class__ is default.__class__ and value == default:
-                parts.append(key + default_text)
-            else:
-                parts.append(key + _canonical(_jsonable(value)))
-        blob = "{" + ",".join(parts) + "}"
+        fields, values = _snapshot_fields()
+        blob = "{" + ",".join([key + (text if value.__class__ is default.__class__ and value == default
+                                      else _canonical(_jsonable(value)))
+                               for (key, default, text), value in zip(fields, values(self))]) + "}"
         return blob, hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def spec_hash(self) -> str:
@@ -299,13 +296,15 @@ _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
 @functools.cache
-def _snapshot_fields() -> list[tuple[str, str, Any, str]]:
-    """(name, '"name":', default, its JSON text) for each field, in key order."""
+def _snapshot_fields() -> tuple[list[tuple[str, Any, str]], Callable[[Any], tuple]]:
+    """('"name":', default, the default's JSON text) for each field in key order, and a getter
+    of a workstream's values in that order."""
     defaults = {f.name: f.default if f.default is not MISSING else
                 (f.default_factory() if f.default_factory is not MISSING else None)
                 for f in dataclass_fields(Workstream)}
-    return [(name, _canonical(name) + ":", defaults[name], _canonical(_jsonable(defaults[name])))
-            for name in sorted(FIELDS)]
+    names = sorted(FIELDS)
+    return ([(_canonical(name) + ":", defaults[name], _canonical(_jsonable(defaults[name]))) for name in names],
+            operator.attrgetter(*names))
 
 
 @dataclass(frozen=True)
