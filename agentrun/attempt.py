@@ -75,6 +75,13 @@ class RunContext:
     def isolated(self, ws: Workstream) -> bool:
         return self.git is not None and ws.isolation != "none"
 
+    def reservable(self, ws_id: str) -> bool:
+        """Whether an attempt of this workstream may run reserved, its rows written only with its
+        outcome (see ``StateStore.finish_and_claim``): a plain command in place, which writes
+        nothing else to the state DB while it runs."""
+        ws = self.workstreams[ws_id]
+        return not (ws.agent or ws.setup or ws.gates or self.isolated(ws))
+
     def log_path(self, ws_id: str, attempt: int) -> str:
         return f"{self.logs_dir}/{ws_id}.{attempt}.log"
 
@@ -158,10 +165,12 @@ class Attempt:
 
     def __init__(self, job: Job, ctx: RunContext, store: StateStore, events: EventLog, attempt_id: int,
                  conflict_files: str | None, log_fd: int, cancel_fd: int | None, lane: int = 0,
-                 on_long: Callable[[], object] | None = None):
+                 on_long: Callable[[], object] | None = None,
+                 start_reserved: Callable[[int, int, str | None], int | None] | None = None):
         self.job, self.ctx, self.store, self.events = job, ctx, store, events
         self.lane = lane
         self.on_long = on_long  # called once if the attempt turns out not to be short
+        self.start_reserved = start_reserved  # for a reserved attempt: claims it properly, returns its id
         self.conflict_files: list[str] = json.loads(conflict_files) if conflict_files else []
         self.ws = ctx.workstreams[job.ws_id]
         self.attempt_id = attempt_id
@@ -186,7 +195,13 @@ class Attempt:
 
     def _on_spawn(self, pid: int, pgid: int) -> None:
         """A command is still running after ``procs.RECORD_AFTER_SECONDS``."""
-        self.store.record_spawn(self.attempt_id, pid, pgid, procs.proc_start_time(pid))
+        proc_start = procs.proc_start_time(pid)
+        if self.attempt_id is None:  # reserved: from now on an ordinary running attempt
+            if self.start_reserved is not None:
+                start, self.start_reserved = self.start_reserved, None
+                self.attempt_id = start(pid, pgid, proc_start)
+        else:
+            self.store.record_spawn(self.attempt_id, pid, pgid, proc_start)
         crashpoints.hit("after-spawn")
         self._long()
 
@@ -320,10 +335,11 @@ class Attempt:
 
 
 def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events: EventLog, *, lane: int,
-                    cancel_fd: int | None, on_long: Callable[[], object] | None = None
-                    ) -> tuple[ExecResult, str | None]:
-    """Everything between the claim and the outcome: returns the result that decides the outcome
-    and where its log is kept.
+                    cancel_fd: int | None, on_long: Callable[[], object] | None = None,
+                    start_reserved: Callable[[int, int, str | None], int | None] | None = None
+                    ) -> tuple[ExecResult, str | None, int | None]:
+    """Everything between the claim and the outcome: returns the result that decides the outcome,
+    where its log is kept, and the attempt's id (None: it stayed reserved, see ``StateStore.finish_and_claim``).
 
     The log is written to the worker's spool file (``claimed.log_path``) and kept as
     ``RunContext.log_path`` unless the attempt succeeded in place and nothing but the command
@@ -335,7 +351,7 @@ def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events
     if os.fstat(log_fd).st_size:  # left over by an attempt that raised before its log was settled
         os.ftruncate(log_fd, 0)
     attempt = Attempt(job, ctx, store, events, claimed.attempt_id, claimed.conflict_files, log_fd, cancel_fd, lane,
-                      on_long)
+                      on_long, start_reserved)
     try:
         if claimed.integrated_commit or attempt.integrated_before_crash():
             # Integrated before a crash but not recorded done: never run or merge it twice.
@@ -353,7 +369,7 @@ def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events
                     result.error = f"{result.error}: {last}"
                 attempt.log(result.error)
                 ctx.forget_port(lane)
-        return result, _settle_log(claimed, ctx, attempt, result, log_fd)
+        return result, _settle_log(claimed, ctx, attempt, result, log_fd), attempt.attempt_id
     finally:
         os.close(log_fd)
 
@@ -397,8 +413,10 @@ class Outcome:
     completion: Completion
 
 
-def decide_outcome(job: Job, ctx: RunContext, store: StateStore, attempt_id: int, result: ExecResult,
-                   log_path: str | None = None, *, set_log: bool = False, seconds: float | None = None) -> Outcome:
+def decide_outcome(job: Job, ctx: RunContext, store: StateStore, attempt_id: int | None, result: ExecResult,
+                   log_path: str | None = None, *, set_log: bool = False, seconds: float | None = None,
+                   started_at: float | None = None) -> Outcome:
+    """``attempt_id`` None: a reserved attempt, which began at ``started_at``."""
     ws = ctx.workstreams[job.ws_id]
     conflict_retry = False
     failures = 0
@@ -413,7 +431,7 @@ def decide_outcome(job: Job, ctx: RunContext, store: StateStore, attempt_id: int
     retry_at = now + decision.retry_in if decision.retry_in is not None else None
     attempt_status = {"ok": "done", "cancelled": "cancelled"}.get(result.status, result.status)
     finish = Finish(attempt_id, ws.id, attempt_status, decision.ws_status, now, result.exit_code, result.signal,
-                    result.error, retry_at, set_log, log_path)
+                    result.error, retry_at, set_log, log_path, job.attempt, started_at)
     event = {"done": "ws_done", "retrying": "ws_retrying", "failed": "ws_failed", "conflict": "ws_failed",
              "interrupted": "ws_interrupted"}[decision.ws_status]
     extra = {"exit_code": result.exit_code}

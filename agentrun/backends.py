@@ -16,13 +16,15 @@ import os
 import selectors
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait as mp_wait
 from typing import Callable, Protocol
 
 from . import crashpoints, procs
-from .attempt import Completion, Job, RunContext, decide_outcome, execute_attempt
+from .attempt import Completion, Job, Outcome, RunContext, decide_outcome, execute_attempt
 from .events import EventLog
+from .scheduler import to_reserve
 from .state import Claimed, StateStore
 
 
@@ -32,8 +34,8 @@ class Backend(Protocol):
     The orchestrator releases ready work in the state DB (``StateStore.dispatch``), numbered in
     the order it should start, and calls ``submit`` with the highest number released.
     Whoever executes them claims the next released workstream itself and records its external
-    id with the attempt; ``poll`` returns what happened since: ``Started``, ``Completion`` and
-    ``WorkerLost`` reports.
+    id with the attempt; ``poll`` returns what happened since: ``Started``, ``Completion``,
+    ``Requeued`` and ``WorkerLost`` reports.
     """
 
     size: int
@@ -60,7 +62,15 @@ class WorkerLost:
     error: str
 
 
-Report = Started | Completion | WorkerLost
+@dataclass(frozen=True)
+class Requeued:
+    """A worker handed work it had reserved back to the queue (it found a long attempt among
+    it): workers that found nothing to claim should look again."""
+
+    external_id: str
+
+
+Report = Started | Completion | WorkerLost | Requeued
 
 _FORK = multiprocessing.get_context("fork")
 REPORT_BATCH = 16   # most outcomes a worker holds back (see _report_now)
@@ -180,14 +190,17 @@ class LocalProcessBackend:
             self._workers.sort(key=lambda w: w.lane)
         return out
 
-    @staticmethod
-    def _unpack(worker: _Worker, message, out: list[Report]) -> None:
-        done, started, seen = message
+    def _unpack(self, worker: _Worker, message, out: list[Report]) -> None:
+        """A worker's message: outcomes it recorded, attempts it started, the release it had seen
+        if it found nothing to claim, and whether it handed reserved work back."""
+        done, started, idle_seen, given_back = message
         out.extend(done)
-        if started is not None:
-            out.append(started)
-        worker.idle = started is None
-        worker.seen = max(worker.seen, seen)
+        out.extend(started)
+        if given_back:
+            out.append(Requeued(worker.external_id))
+        worker.idle = idle_seen is not None
+        if worker.idle:
+            worker.seen = max(worker.seen, idle_seen)
 
     def _drain(self, worker: _Worker, out: list[Report]) -> None:
         try:
@@ -250,56 +263,108 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
     store = StateStore(ctx.layout.db_path)
     events = EventLog(ctx.layout.events_path(ctx.run_id), ctx.run_id)
     external_id = local_external_id(os.getpid())
-    outcome = None
-    unsent: list[Completion] = []
+    spool = ctx.spool_path(lane)
+    batch: deque[Claimed] = deque()     # claimed or reserved, not started yet
+    unrecorded: list[Outcome] = []      # outcomes decided, not yet in the DB
+    unsent: list[Completion] = []       # recorded, not yet told to the orchestrator
+    give_back: list[str] = []           # reservations this worker will not run
+    given_back = False                  # since the last report: idle workers may take them
 
-    def report(started: Started | None, seen: int = 0) -> bool:
-        nonlocal unsent
+    def report(started: list[Started], idle_seen: int | None = None) -> bool:
+        nonlocal unsent, given_back
         try:
-            conn.send((unsent, started, seen))
+            conn.send((unsent, started, idle_seen, given_back))
         except OSError:
             return False  # orchestrator gone; outcomes are durable in the DB, a claim is found by recovery
         unsent = []
+        given_back = False
         return True
+
+    def recorded(records: list) -> None:
+        """After a transaction that recorded ``unrecorded`` and ``give_back``: the events, and
+        the outcomes to tell."""
+        nonlocal given_back
+        for o in unrecorded:
+            if o.finish.attempt_id is None:  # a reserved attempt: its start is logged with its outcome
+                records.append(("ws_started", o.finish.ws_id, o.finish.attempt, {"lane": lane, "worker": external_id}))
+            records.append(o.event)
+            unsent.append(o.completion)
+        unrecorded.clear()
+        given_back = given_back or bool(give_back)
+        give_back.clear()
+
+    def claim(go_on: bool) -> list[Claimed] | int:
+        got = store.finish_and_claim(ctx.run_id, [o.finish for o in unrecorded], claim=go_on, lane=lane,
+                                     external_id=external_id, log_path=spool, now=time.time(),
+                                     reserve=lambda waiting: to_reserve(waiting, ctx.max_workers),
+                                     reservable=ctx.reservable, give_back=give_back)
+        if unrecorded:
+            crashpoints.hit("after-done")
+        records: list = []
+        recorded(records)
+        for c in got if isinstance(got, list) else ():
+            if not c.reserved:
+                crashpoints.hit("after-claim")
+                records.append(("ws_started", c.ws_id, c.attempt, {"lane": lane, "worker": external_id}))
+        events.emit_all(records)
+        return got
+
+    def start_reserved(claimed: Claimed, began: float) -> Callable[[int, int, str | None], int | None]:
+        def start(pid: int, pgid: int, proc_start: str | None) -> int | None:
+            # It runs long: what ran before it is recorded, the rest of the batch goes back to
+            # the queue for idle workers, and it becomes an ordinary running attempt.
+            give_back.extend(c.ws_id for c in batch)
+            batch.clear()
+            attempt_id = store.start_reserved(ctx.run_id, claimed, [o.finish for o in unrecorded], give_back,
+                                              lane=lane, external_id=external_id, started_at=began, pid=pid,
+                                              pgid=pgid, proc_start=proc_start)
+            records: list = []
+            recorded(records)
+            started = []
+            if attempt_id is not None:
+                records.append(("ws_started", claimed.ws_id, claimed.attempt, {"lane": lane, "worker": external_id}))
+                started.append(Started(claimed.ws_id, claimed.attempt, external_id))
+            events.emit_all(records)
+            report(started)
+            return attempt_id
+        return start
 
     try:
         while True:
-            # Claim nothing new once told to stop or orphaned (the orchestrator would not hear of it).
-            go_on = not stopping and os.getppid() == orchestrator
-            claimed = store.finish_and_claim(ctx.run_id, outcome.finish if outcome else None, claim=go_on,
-                                             lane=lane, external_id=external_id,
-                                             log_path=ctx.spool_path(lane), now=time.time())
-            found = isinstance(claimed, Claimed)
-            records = []
-            if outcome is not None:
-                crashpoints.hit("after-done")
-                records.append(outcome.event)
-                unsent.append(outcome.completion)
-            if found:
-                crashpoints.hit("after-claim")
-                records.append(("ws_started", claimed.ws_id, claimed.attempt, {"lane": lane, "worker": external_id}))
-            events.emit_all(records)
-            outcome = None
-            if not found:
-                if not report(None, claimed) or not go_on or not _wait_for_work(conn, wake_r):
+            if not batch:
+                # Claim nothing new once told to stop or orphaned (the orchestrator would not hear of it).
+                go_on = not stopping and os.getppid() == orchestrator
+                got = claim(go_on)
+                if not isinstance(got, list):
+                    if not report([], got) or not go_on or not _wait_for_work(conn, wake_r):
+                        break
+                    continue
+                batch.extend(got)
+                started = [Started(c.ws_id, c.attempt, external_id) for c in got if not c.reserved]
+                if _report_now(ctx, unsent, got[-1]) and not report(started):
                     break
-                continue
-            started = Started(claimed.ws_id, claimed.attempt, external_id)
-            if _report_now(ctx, unsent, claimed) and not report(started):
-                break
-            began = time.monotonic()
-            # An attempt that turns out long reports what was held back, and that it started.
-            on_long = (lambda: report(started)) if unsent else None
-            result, log_path = execute_attempt(claimed, ctx, store, events, lane=lane, cancel_fd=wake_r,
-                                               on_long=on_long)
+            claimed = batch.popleft()
+            began, began_wall = time.monotonic(), time.time()
+            if claimed.reserved:
+                hooks = {"start_reserved": start_reserved(claimed, began_wall)}
+            else:
+                # An attempt that turns out long reports what was held back, and that it started.
+                held = Started(claimed.ws_id, claimed.attempt, external_id)
+                hooks = {"on_long": (lambda: report([held])) if unsent else None}
+            result, log_path, attempt_id = execute_attempt(claimed, ctx, store, events, lane=lane,
+                                                           cancel_fd=wake_r, **hooks)
             crashpoints.hit("before-done")
-            outcome = decide_outcome(Job(claimed.ws_id, claimed.attempt), ctx, store, claimed.attempt_id, result,
-                                     log_path, set_log=True, seconds=time.monotonic() - began)
+            unrecorded.append(decide_outcome(Job(claimed.ws_id, claimed.attempt), ctx, store, attempt_id, result,
+                                             log_path, set_log=True, seconds=time.monotonic() - began,
+                                             started_at=began_wall))
+            if stopping and batch:  # the rest of the batch is not started
+                give_back.extend(c.ws_id for c in batch)
+                batch.clear()
     finally:
         store.close()
         events.close()
     try:  # what the last silent attempt left in the spool; a crashed worker's stays with its attempt
-        os.unlink(ctx.spool_path(lane))
+        os.unlink(spool)
     except FileNotFoundError:
         pass
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import crashpoints, git, procs, recovery
 from .attempt import Completion, Job, RunContext, record_outcome
-from .backends import LocalProcessBackend, Report, Started, WorkerLost
+from .backends import LocalProcessBackend, Report, Requeued, Started, WorkerLost
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SpecError, StateError, UsageError
 from .events import EventLog
 from .executors import ExecResult
@@ -332,6 +332,7 @@ class Orchestrator:
         self._queue_seq = 0
         self._recorded_ready: set[str] = set()  # ready in the DB before this orchestrator said so
         self._typical: float | None = None  # recent attempt duration (moving average), for the lookahead
+        self._reserving = True  # work may be released ahead of free workers (and so reserved)
         self._budget_events: set[str] = set()
         self.attempts: dict[str, int] = {}
         self.started: dict[str, float] = {}
@@ -436,7 +437,7 @@ class Orchestrator:
 
     def _dispatch(self, backend: LocalProcessBackend) -> None:
         """Mark what became ready, release the best of the ready work to the workers: one transaction."""
-        extra = lookahead(backend.size, self._typical)
+        extra = lookahead(backend.size, self._typical if self._reserving else None)
         want = to_release(backend.size, extra, len(self.inflight)) if self.draining is None else 0
         taken = self.sched.take(want) if want > 0 else []
         # With short attempts, what became ready is recorded with the next batch.
@@ -477,8 +478,16 @@ class Orchestrator:
                 self.started[report.ws_id] = time.time()
         elif isinstance(report, WorkerLost):
             self._reconcile(report)
+        elif isinstance(report, Requeued):
+            self._rereleased()
         else:
             self._handle(report)
+
+    def _rereleased(self) -> None:
+        """Work was released again without a new release (reservations handed back or dropped):
+        a queue number past what idle workers have seen makes ``submit`` wake them to look."""
+        self._queue_seq += 1
+        self.store.dispatch(self.run_id, [], [], released=self._queue_seq)
 
     def _handle(self, c: Completion) -> None:
         if (c.ws_id, c.attempt) in self._handled or c.ws_id not in self.inflight:
@@ -508,7 +517,15 @@ class Orchestrator:
 
     def _reconcile(self, lost: WorkerLost) -> None:
         """A worker died. The DB says what it had done: outcomes it recorded but never reported are
-        handled now; an attempt it was running is stopped and counted as a failed attempt."""
+        handled now; an attempt it was running is stopped and counted as a failed attempt; work
+        it had reserved is released again, never run as far as the DB knows.
+
+        Which of its reserved attempts it was running when it died is not recorded, so none is
+        counted; from now on nothing is released ahead of free workers, so nothing is reserved,
+        and a workstream that takes its worker down is counted the next time it does."""
+        self._reserving = False
+        if self.store.drop_reservations(self.run_id, lost.external_id):
+            self._rereleased()  # its replacement may have looked, and found nothing, before this
         for ws_id in list(self.inflight):
             row = self.store.workstream(self.run_id, ws_id)
             if row["status"] in ("done", "retrying", "failed", "conflict", "interrupted"):

@@ -47,6 +47,17 @@ def to_release(workers: int, extra: int, inflight: int) -> int:
     return 0
 
 
+RESERVE_MAX = 4
+
+
+def to_reserve(waiting: int, workers: int) -> int:
+    """How many of ``waiting`` released jobs a worker takes when it claims. One, unless released
+    work is plentiful, which it is only while attempts are short (see ``lookahead``): then a fair
+    share, up to RESERVE_MAX, that the worker runs back to back and records with its next claim,
+    one transaction for the lot."""
+    return max(1, min(RESERVE_MAX, waiting // max(1, workers)))
+
+
 class Scheduler:
     """A ready queue ordered by ``Plan.priority_key`` with optional wave barriers.
 

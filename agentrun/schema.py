@@ -171,7 +171,7 @@ def m004_dispatch_queue(db: sqlite3.Connection) -> None:
 
 
 def m005_lean_hot_tables(db: sqlite3.Connection) -> None:
-    """Fewer pages written per attempt: every attempt changes two workstream statuses and writes
+    """Fewer pages and transactions per attempt: every attempt changes two workstream statuses and writes
     an attempt row, and each index on those columns (and AUTOINCREMENT's sqlite_sequence row)
     added a page to every commit. Every query on these tables is by run first, which the primary
     keys serve; counts by status scan one run's rows."""
@@ -204,6 +204,9 @@ def m005_lean_hot_tables(db: sqlite3.Connection) -> None:
                "proc_start, started_at, finished_at, heartbeat_at, exit_code, signal, log_path, error FROM attempts")
     db.execute("DROP TABLE attempts")
     db.execute("ALTER TABLE attempts_new RENAME TO attempts")
+    # Released work a worker has taken to run next, without a transaction of its own (see
+    # StateStore.finish_and_claim): it stays ready until the worker records it.
+    db.execute("ALTER TABLE workstreams ADD COLUMN reserved_by TEXT")
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [

@@ -11,10 +11,12 @@ import fcntl
 import json
 import os
 import sqlite3
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from itertools import takewhile
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import StateError
 from .schema import SCHEMA_VERSION, migrate
@@ -131,10 +133,12 @@ class StateStore:
                 "finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE run_id = ? AND ws_id = ?",
                 [(status, error, final, now, run_id, w) for w in ids])
 
-    def dispatch(self, run_id: str, ready: list[str], queued: list[tuple[str, int]]) -> list[str]:
+    def dispatch(self, run_id: str, ready: list[str], queued: list[tuple[str, int]],
+                 released: int | None = None) -> list[str]:
         """In one transaction: mark ``ready`` workstreams ready, and release ``queued`` ones
         (ws id, queue number) to the workers, who claim them lowest number first. Returns the
-        ids that could not be released because they are not ready."""
+        ids that could not be released because they are not ready. ``released``: the number
+        to record as the last released, if not the last of ``queued``."""
         refused = []
         with self.write() as db:
             if ready:
@@ -144,46 +148,106 @@ class StateStore:
                 if db.execute("UPDATE workstreams SET queue_seq = ? WHERE run_id = ? AND ws_id = ? "
                               "AND status = 'ready'", (seq, run_id, ws_id)).rowcount == 0:
                     refused.append(ws_id)
-            if queued:
-                db.execute("UPDATE runs SET released_seq = ? WHERE id = ?", (queued[-1][1], run_id))
+            if queued or released is not None:
+                db.execute("UPDATE runs SET released_seq = ? WHERE id = ?",
+                           (released if released is not None else queued[-1][1], run_id))
         return refused
 
     def unqueue(self, run_id: str, *, restart: bool = False) -> list[str]:
-        """Take back released work no worker has claimed yet; returns its ids. ``restart``: also
-        start the queue numbers again (a new orchestrator)."""
+        """Take back released work no worker has claimed or reserved yet; returns its ids.
+        ``restart``: a new orchestrator takes back everything not started, reservations included,
+        and starts the queue numbers again."""
         with self.write() as db:
-            rows = db.execute("UPDATE workstreams SET queue_seq = NULL WHERE run_id = ? AND queue_seq IS NOT NULL "
-                              "RETURNING ws_id", (run_id,)).fetchall()
             if restart:
+                rows = db.execute("UPDATE workstreams SET queue_seq = NULL, reserved_by = NULL WHERE run_id = ? "
+                                  "AND queue_seq IS NOT NULL RETURNING ws_id", (run_id,)).fetchall()
                 db.execute("UPDATE runs SET released_seq = 0 WHERE id = ?", (run_id,))
+            else:
+                rows = db.execute("UPDATE workstreams SET queue_seq = NULL WHERE run_id = ? AND queue_seq IS NOT NULL "
+                                  "AND reserved_by IS NULL RETURNING ws_id", (run_id,)).fetchall()
         return [r[0] for r in rows]
 
-    def finish_and_claim(self, run_id: str, finish: Finish | None, *, claim: bool, lane: int, external_id: str,
-                         log_path: str, now: float) -> Claimed | int:
-        """Record the outcome of this worker's last attempt (if any) and claim the next released
-        workstream (if ``claim``), in one transaction. Returns the claim or, when nothing waits,
-        the highest queue number released so far. ``log_path`` is where the claimed attempt's log
-        is written while it runs."""
+    def finish_and_claim(self, run_id: str, finishes: list[Finish], *, claim: bool, lane: int, external_id: str,
+                         log_path: str, now: float, reserve: Callable[[int], int] = lambda waiting: 1,
+                         reservable: Callable[[str], bool] = lambda ws_id: False,
+                         give_back: Iterable[str] = ()) -> list[Claimed] | int:
+        """Record the outcomes of this worker's last attempts and claim what it runs next, in one
+        transaction. Returns the claims or, when nothing waits, the highest queue number released.
+
+        Usually one workstream is claimed: it is ``running`` with an attempt row from here on.
+        When ``reserve`` (given how many wait) says more than one, the worker instead reserves
+        that many ``reservable`` ones at the head of the queue, if there are two or more: they stay ``ready``, marked as this
+        worker's, and it records each (attempt row and outcome) with its next claim, or claims it
+        properly once it runs long (``start_reserved``). A worker that dies loses its
+        reservations, not their workstreams: the work goes back to the queue, never run as far
+        as the DB knows. ``give_back``: reservations this worker will not run after all.
+        ``log_path`` is where the claimed attempt's log is written while it runs."""
         with self.write() as db:
-            if finish is not None:
-                _finish_attempt(db, run_id, finish)
+            for f in finishes:
+                _finish_attempt(db, run_id, f, lane, external_id)
+            for ws_id in give_back:
+                db.execute("UPDATE workstreams SET reserved_by = NULL WHERE run_id = ? AND ws_id = ? "
+                           "AND reserved_by = ?", (run_id, ws_id, external_id))
             if not claim:
                 return 0
+            waiting = db.execute("SELECT COUNT(*) FROM workstreams WHERE run_id = ? AND queue_seq IS NOT NULL "
+                                 "AND reserved_by IS NULL", (run_id,)).fetchone()[0]
+            if waiting == 0:
+                return db.execute("SELECT released_seq FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+            take = reserve(waiting)
+            if take > 1:
+                head = db.execute("SELECT ws_id, attempt FROM workstreams WHERE run_id = ? AND queue_seq IS NOT NULL "
+                                  "AND reserved_by IS NULL AND status = 'ready' ORDER BY queue_seq LIMIT ?",
+                                  (run_id, take)).fetchall()
+                head = list(takewhile(lambda r: reservable(r[0]), head))
+                if len(head) > 1:
+                    db.executemany("UPDATE workstreams SET reserved_by = ? WHERE run_id = ? AND ws_id = ?",
+                                   [(external_id, run_id, r[0]) for r in head])
+                    return [Claimed(None, ws_id, attempt + 1, log_path, None, None, waiting - len(head))
+                            for ws_id, attempt in head]
             row = db.execute(
                 "UPDATE workstreams SET status = 'running', attempt = attempt + 1, queue_seq = NULL, "
                 "started_at = COALESCE(started_at, ?) WHERE run_id = ? AND ws_id = ("
-                "SELECT ws_id FROM workstreams WHERE run_id = ? AND queue_seq IS NOT NULL AND status = 'ready' "
-                "ORDER BY queue_seq LIMIT 1) RETURNING ws_id, attempt, conflict_files, integrated_commit",
-                (now, run_id, run_id)).fetchone()
+                "SELECT ws_id FROM workstreams WHERE run_id = ? AND queue_seq IS NOT NULL AND reserved_by IS NULL "
+                "AND status = 'ready' ORDER BY queue_seq LIMIT 1) RETURNING ws_id, attempt, conflict_files, "
+                "integrated_commit", (now, run_id, run_id)).fetchone()
             if row is None:
                 return db.execute("SELECT released_seq FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
             cur = db.execute("INSERT INTO attempts (run_id, ws_id, attempt, status, lane, external_id, "
                              "started_at, heartbeat_at, log_path) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
                              (run_id, row["ws_id"], row["attempt"], lane, external_id, now, now, log_path))
-            waiting = db.execute("SELECT COUNT(*) FROM workstreams WHERE run_id = ? AND queue_seq IS NOT NULL",
-                                 (run_id,)).fetchone()[0]
-            return Claimed(cur.lastrowid, row["ws_id"], row["attempt"], log_path, row["conflict_files"],
-                           row["integrated_commit"], waiting)
+            return [Claimed(cur.lastrowid, row["ws_id"], row["attempt"], log_path, row["conflict_files"],
+                            row["integrated_commit"], waiting - 1)]
+
+    def start_reserved(self, run_id: str, claimed: Claimed, finishes: list[Finish], give_back: Iterable[str], *,
+                       lane: int, external_id: str, started_at: float, pid: int, pgid: int,
+                       proc_start: str | None) -> int | None:
+        """A reserved attempt has run long: record what came before it, hand back the other
+        reservations, and make it an ordinary running attempt with its process; returns its
+        attempt id (None if the reservation is no longer this worker's)."""
+        with self.write() as db:
+            for f in finishes:
+                _finish_attempt(db, run_id, f, lane, external_id)
+            for ws_id in give_back:
+                db.execute("UPDATE workstreams SET reserved_by = NULL WHERE run_id = ? AND ws_id = ? "
+                           "AND reserved_by = ?", (run_id, ws_id, external_id))
+            if db.execute("UPDATE workstreams SET status = 'running', attempt = ?, queue_seq = NULL, reserved_by = NULL, "
+                          "started_at = COALESCE(started_at, ?) WHERE run_id = ? AND ws_id = ? AND reserved_by = ? "
+                          "AND status = 'ready'", (claimed.attempt, started_at, run_id, claimed.ws_id,
+                                                   external_id)).rowcount == 0:
+                return None
+            return db.execute("INSERT INTO attempts (run_id, ws_id, attempt, status, lane, external_id, started_at, "
+                              "heartbeat_at, log_path, pid, pgid, proc_start) "
+                              "VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+                              (run_id, claimed.ws_id, claimed.attempt, lane, external_id, started_at, time.time(),
+                               claimed.log_path, pid, pgid, proc_start)).lastrowid
+
+    def drop_reservations(self, run_id: str, external_id: str) -> list[str]:
+        """The reservations of a worker that died: the work is released again, for the others."""
+        with self.write() as db:
+            rows = db.execute("UPDATE workstreams SET reserved_by = NULL WHERE run_id = ? AND reserved_by = ? "
+                              "RETURNING ws_id", (run_id, external_id)).fetchall()
+        return [r[0] for r in rows]
 
     def record_spawn(self, attempt_id: int, pid: int, pgid: int, proc_start: str | None) -> None:
         with self.write() as db:
@@ -195,7 +259,7 @@ class StateStore:
             db.execute("UPDATE attempts SET heartbeat_at = ? WHERE id = ?", (now, attempt_id))
 
     def finish_attempt(self, run_id: str, finish: Finish) -> None:
-        """Close an attempt and move its workstream on, in one transaction."""
+        """Close a claimed attempt and move its workstream on, in one transaction."""
         with self.write() as db:
             _finish_attempt(db, run_id, finish)
 
@@ -281,7 +345,7 @@ class StateStore:
 
 @dataclass(frozen=True)
 class Claimed:
-    attempt_id: int
+    attempt_id: int | None          # None: reserved, no attempt row yet
     ws_id: str
     attempt: int
     log_path: str
@@ -289,12 +353,16 @@ class Claimed:
     integrated_commit: str | None   # set if an earlier attempt was integrated before a crash
     waiting: int = 0                # released workstreams still unclaimed after this claim
 
+    @property
+    def reserved(self) -> bool:
+        return self.attempt_id is None
+
 
 @dataclass(frozen=True)
 class Finish:
     """The outcome of one attempt, as recorded."""
 
-    attempt_id: int
+    attempt_id: int | None          # None: a reserved attempt, whose row is written with its outcome
     ws_id: str
     attempt_status: str
     ws_status: str
@@ -305,22 +373,44 @@ class Finish:
     retry_at: float | None = None
     set_log: bool = False           # replace the attempt's log path with ``log_path`` (None: no log kept)
     log_path: str | None = None
+    attempt: int = 0                # of a reserved attempt: its number and when it started
+    started_at: float | None = None
 
 
 def return_unstarted(db: sqlite3.Connection, run_id: str) -> None:
     """Inside a write transaction: work that was ready or waiting for a retry, but never
     started, goes back to pending (and out of the release queue), so a resume decides it again."""
-    db.execute("UPDATE workstreams SET status = 'pending', queue_seq = NULL "
+    db.execute("UPDATE workstreams SET status = 'pending', queue_seq = NULL, reserved_by = NULL "
                "WHERE run_id = ? AND status IN ('ready', 'retrying')", (run_id,))
 
 
-def _finish_attempt(db: sqlite3.Connection, run_id: str, f: Finish) -> None:
+def _finish_attempt(db: sqlite3.Connection, run_id: str, f: Finish, lane: int | None = None,
+                    external_id: str | None = None) -> None:
+    if f.attempt_id is None:
+        _record_reserved(db, run_id, f, lane, external_id)
+        return
     db.execute("UPDATE attempts SET status = ?, finished_at = ?, exit_code = ?, signal = ?, error = ?, "
                "log_path = CASE WHEN ? THEN ? ELSE log_path END WHERE id = ?",
                (f.attempt_status, f.now, f.exit_code, f.signal, f.error, f.set_log, f.log_path, f.attempt_id))
     db.execute("UPDATE workstreams SET status = ?, error = ?, retry_at = ?, "
                "finished_at = CASE WHEN ? THEN ? ELSE NULL END WHERE run_id = ? AND ws_id = ?",
                (f.ws_status, f.error, f.retry_at, f.ws_status in FINAL_STATUSES, f.now, run_id, f.ws_id))
+
+
+def _record_reserved(db: sqlite3.Connection, run_id: str, f: Finish, lane: int | None,
+                     external_id: str | None) -> None:
+    """A reserved attempt's row and outcome, written together; nothing if the reservation is no
+    longer this worker's (the work was given to another)."""
+    if db.execute("UPDATE workstreams SET status = ?, error = ?, retry_at = ?, attempt = ?, queue_seq = NULL, "
+                  "reserved_by = NULL, started_at = COALESCE(started_at, ?), "
+                  "finished_at = CASE WHEN ? THEN ? ELSE NULL END "
+                  "WHERE run_id = ? AND ws_id = ? AND reserved_by = ? AND status = 'ready'",
+                  (f.ws_status, f.error, f.retry_at, f.attempt, f.started_at, f.ws_status in FINAL_STATUSES, f.now,
+                   run_id, f.ws_id, external_id)).rowcount:
+        db.execute("INSERT INTO attempts (run_id, ws_id, attempt, status, lane, external_id, started_at, finished_at, "
+                   "heartbeat_at, exit_code, signal, error, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (run_id, f.ws_id, f.attempt, f.attempt_status, lane, external_id, f.started_at, f.now, f.now,
+                    f.exit_code, f.signal, f.error, f.log_path))
 
 
 def json_dumps(value: Any) -> str:

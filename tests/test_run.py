@@ -318,6 +318,31 @@ def test_worker_death_is_recorded_crashed_and_retried(project):
     assert any(e["type"] == "ws_crashed" for e in events(project, run_id))
 
 
+def test_a_worker_killed_among_reserved_work_charges_no_other_workstream(project):
+    # With hundreds of tiny workstreams, workers reserve several at a time and record them with
+    # their next claim. One kills its worker the first time it runs: what that worker had run or
+    # reserved without recording it goes back to the queue. Each workstream ends done exactly
+    # once, and none but the killer has an attempt that is not done.
+    marker = project / "killed-once"
+    ids = [f"n{i:03d}" for i in range(300)]
+    for ws_id in ids:
+        write_ws(project / "w", ws_id, run=["true"])
+    write_ws(project / "w", "n200-killer", retries=1, retry_backoff="0s",
+             run=f"if [ ! -f {marker} ]; then touch {marker}; kill -9 $PPID; fi; true")
+    proc = agentrun("run", "w", "--parallel", "--max-workers", 2, cwd=project)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    assert marker.exists()
+    db = state(project)
+    run_id = db.latest_run()["id"]
+    attempts = db.attempts(run_id)
+    done = sorted(a["ws_id"] for a in attempts if a["status"] == "done")
+    assert done == sorted(ids + ["n200-killer"])
+    assert {a["ws_id"] for a in attempts if a["status"] != "done"} <= {"n200-killer"}
+    assert sorted(e["ws_id"] for e in events(project, run_id) if e["type"] == "ws_done") == done
+    # (A crashed attempt ends when the orchestrator records it, after its worker's replacement started.)
+    assert _max_overlap([a for a in attempts if a["status"] == "done"]) <= 2
+
+
 def test_events_log_torn_tail_is_repaired_by_next_writer(tmp_path):
     from agentrun.events import EventLog, read_events
     path = tmp_path / "events.jsonl"
