@@ -73,7 +73,7 @@ class Requeued:
 Report = Started | Completion | WorkerLost | Requeued
 
 _FORK = multiprocessing.get_context("fork")
-REPORT_BATCH = 16   # most outcomes a worker holds back (see _report_now)
+REPORT_BATCH = 32   # most outcomes a worker holds back (see _report_now)
 
 
 def local_external_id(pid: int) -> str:

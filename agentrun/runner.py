@@ -522,10 +522,10 @@ class Orchestrator:
 
         Which of its reserved attempts it was running when it died is not recorded, so none is
         counted; from now on nothing is released ahead of free workers, so nothing is reserved,
-        and a workstream that takes its worker down is counted the next time it does."""
+        and a workstream that takes its worker down is counted the next time it does it."""
         self._reserving = False
-        if self.store.drop_reservations(self.run_id, lost.external_id):
-            self._rereleased()  # its replacement may have looked, and found nothing, before this
+        self.store.drop_reservations(self.run_id, lost.external_id)
+        self._unqueue()  # released ahead, its own reservations too: released again one per free worker
         for ws_id in list(self.inflight):
             row = self.store.workstream(self.run_id, ws_id)
             if row["status"] in ("done", "retrying", "failed", "conflict", "interrupted"):

@@ -20,7 +20,7 @@ SCHEDULES = (EAGER, WAVES)
 # Attempts shorter than this are "short": handing out the next one costs a noticeable share
 # of the attempt itself, so work is released ahead of free workers (see ``lookahead``).
 SHORT_ATTEMPT_SECONDS = 0.05
-SHORT_LOOKAHEAD_PER_WORKER = 8
+SHORT_LOOKAHEAD_PER_WORKER = 16
 
 
 def lookahead(workers: int, typical_attempt_seconds: float | None) -> int:
@@ -47,7 +47,7 @@ def to_release(workers: int, extra: int, inflight: int) -> int:
     return 0
 
 
-RESERVE_MAX = 4
+RESERVE_MAX = 8
 
 
 def to_reserve(waiting: int, workers: int) -> int:

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from agentrun import policy
 from agentrun.planner import build_plan
-from agentrun.scheduler import (EAGER, SHORT_ATTEMPT_SECONDS, WAVES, Scheduler, lookahead, simulate,
-                                to_release)
+from agentrun.scheduler import (EAGER, RESERVE_MAX, SHORT_ATTEMPT_SECONDS, WAVES, Scheduler, lookahead, simulate,
+                                to_release, to_reserve)
 from agentrun.spec import PRIORITIES, Command, Workstream
 
 
@@ -411,3 +411,20 @@ def test_release_never_overfills_and_never_leaves_a_worker_without_work(workers,
     assert n >= 0 and inflight + n <= max(inflight, workers + extra)
     if inflight < workers:
         assert inflight + n >= workers
+
+
+def test_a_worker_reserves_only_from_plenty_and_never_more_than_its_share():
+    assert to_reserve(0, 2) == 1 and to_reserve(3, 2) == 1          # no lookahead: one job each
+    assert to_reserve(4, 2) == 2
+    assert to_reserve(1000, 2) == RESERVE_MAX
+
+
+@given(st.integers(1, 16), st.integers(0, 500))
+def test_reservations_leave_every_other_worker_as_much(workers, waiting):
+    n = to_reserve(waiting, workers)
+    assert 1 <= n <= RESERVE_MAX
+    if n > 1:
+        assert n * workers <= waiting
+    # Without lookahead at most one job per worker waits, and each claims exactly one.
+    if waiting <= workers:
+        assert n == 1
