@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from . import cleanup, recovery, render, runner, status
+from . import recovery, render, runner, status
 from .cli_common import handle_errors, state_dir_option
-from .cli_monitor import monitor
-from .cli_report import report
 from .durations import format_duration
 from .errors import EXIT_FAILED, GitError, UsageError
 from .integration import fast_forward
@@ -23,14 +22,25 @@ from .spec import BUDGET_MODES
 from .state import StateStore
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Loads the modules of ``report`` and ``monitor`` only when one of them is used: every
+    ``run`` would otherwise import the HTML report, the web server and the terminal panel."""
+
+    LAZY = {"monitor": "agentrun.cli_monitor", "report": "agentrun.cli_report"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.LAZY:
+            return getattr(importlib.import_module(self.LAZY[name]), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="agentrun")
 def cli() -> None:
     """Run many units of development work in parallel under a dependency graph."""
-
-
-cli.add_command(report)
-cli.add_command(monitor)
 
 
 def _workers(parallel: bool, max_workers: int | None) -> int:
@@ -121,7 +131,7 @@ def _summary(result: runner.RunResult, layout, root, opts) -> int:
     store = status.open_readonly(layout)
     try:
         run_row = store.run(result.run_id)
-        rows = store.workstreams(result.run_id)
+        rows = store.workstreams(result.run_id, "ws_id, status, error, worktree, integrated_commit")
         for r in rows:
             if r["status"] in ("failed", "conflict"):
                 attempts = store.attempts(result.run_id, r["ws_id"])
@@ -315,6 +325,7 @@ def clean(run_id, everything, state_dir) -> None:
     layout = layout_for(state_dir, root)
     if not layout.db_path.is_file():
         raise UsageError(f"{layout.db_path}: no state DB here; nothing to clean")
+    from . import cleanup  # only this command needs it
     store = StateStore(layout.db_path)
     try:
         report = cleanup.clean(store, layout, root, run_id, everything)

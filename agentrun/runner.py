@@ -23,7 +23,6 @@ from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SpecError, StateErro
 from .events import EventLog
 from .executors import ExecResult
 from .integration import GitRun, integration_branch
-from .llm_shared import SharedLLMState
 from .layout import Layout, layout_for, new_run_id, project_root
 from .planner import Plan, build_plan, select
 from .scheduler import SCHEDULES, Scheduler, lookahead, to_release
@@ -546,6 +545,7 @@ class Orchestrator:
 
     def _check_llm_limits(self) -> None:
         """A fatal API error stops the run; the run budget warns, drains (soft) or stops (hard)."""
+        from .llm_shared import SharedLLMState  # runs without agents never load it
         shared = SharedLLMState(self.store, self.run_id)
         fatal = shared.fatal()
         if fatal and self.stop_reason is None:

@@ -309,8 +309,9 @@ class StateStore:
                                (run_id, ws_id)).fetchone()
 
     # --- queries ---------------------------------------------------------------
-    def workstreams(self, run_id: str) -> list[sqlite3.Row]:
-        return self.db.execute("SELECT * FROM workstreams WHERE run_id = ? ORDER BY wave, ws_id",
+    def workstreams(self, run_id: str, columns: str = "*") -> list[sqlite3.Row]:
+        """The run's workstream rows; name ``columns`` to leave out the spec snapshots of a big run."""
+        return self.db.execute(f"SELECT {columns} FROM workstreams WHERE run_id = ? ORDER BY wave, ws_id",
                                (run_id,)).fetchall()
 
     def progress(self, run_id: str) -> list[tuple[str, str, int]]:
