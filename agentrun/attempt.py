@@ -163,10 +163,10 @@ def attempt_env(ctx: RunContext, ws: Workstream, attempt: int, workdir: Path, co
 class Attempt:
     """The steps of one claimed attempt; ``run`` returns the ExecResult that decides its outcome."""
 
-    def __init__(self, job: Job, ctx: RunContext, store: StateStore, events: EventLog, attempt_id: int,
+    def __init__(self, job: Job, ctx: RunContext, store: StateStore, events: EventLog, attempt_id: int | None,
                  conflict_files: str | None, log_fd: int, cancel_fd: int | None, lane: int = 0,
                  on_long: Callable[[], object] | None = None,
-                 start_reserved: Callable[[int, int, str | None], int | None] | None = None):
+                 start_reserved: Callable[[int, int, str | None], int] | None = None):
         self.job, self.ctx, self.store, self.events = job, ctx, store, events
         self.lane = lane
         self.on_long = on_long  # called once if the attempt turns out not to be short
@@ -336,7 +336,7 @@ class Attempt:
 
 def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events: EventLog, *, lane: int,
                     cancel_fd: int | None, on_long: Callable[[], object] | None = None,
-                    start_reserved: Callable[[int, int, str | None], int | None] | None = None
+                    start_reserved: Callable[[int, int, str | None], int] | None = None
                     ) -> tuple[ExecResult, str | None, int | None]:
     """Everything between the claim and the outcome: returns the result that decides the outcome,
     where its log is kept, and the attempt's id (None: it stayed reserved, see ``StateStore.finish_and_claim``).

@@ -25,7 +25,7 @@ from . import crashpoints, procs
 from .attempt import Completion, Job, Outcome, RunContext, decide_outcome, execute_attempt
 from .events import EventLog
 from .scheduler import to_reserve
-from .state import Claimed, StateStore
+from .state import Claimed, ClaimResult, StateStore
 
 
 class Backend(Protocol):
@@ -71,6 +71,10 @@ class Requeued:
 
 
 Report = Started | Completion | WorkerLost | Requeued
+
+
+class LostReservation(Exception):
+    """A reserved attempt found its reservation gone (``recover`` ran while its worker was orphaned)."""
 
 _FORK = multiprocessing.get_context("fork")
 REPORT_BATCH = 32   # most outcomes a worker holds back (see _report_now)
@@ -280,20 +284,25 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
         given_back = False
         return True
 
-    def recorded(records: list) -> None:
-        """After a transaction that recorded ``unrecorded`` and ``give_back``: the events, and
-        the outcomes to tell."""
+    def started_event(ws_id: str, attempt: int, **extra) -> tuple:
+        return ("ws_started", ws_id, attempt, {"lane": lane, "worker": external_id, **extra})
+
+    def recorded(flags: list[bool], records: list) -> None:
+        """After the transaction that recorded ``unrecorded`` (``flags``: which of them it could)
+        and ``give_back``: the events, and the outcomes to tell."""
         nonlocal given_back
-        for o in unrecorded:
+        for o, ok in zip(unrecorded, flags):
+            if not ok:  # no longer this worker's: recover took it back while we were orphaned
+                continue
             if o.finish.attempt_id is None:  # a reserved attempt: its start is logged with its outcome
-                records.append(("ws_started", o.finish.ws_id, o.finish.attempt, {"lane": lane, "worker": external_id}))
+                records.append(started_event(o.finish.ws_id, o.finish.attempt, started_at=o.finish.started_at))
             records.append(o.event)
             unsent.append(o.completion)
         unrecorded.clear()
         given_back = given_back or bool(give_back)
         give_back.clear()
 
-    def claim(go_on: bool) -> list[Claimed] | int:
+    def claim(go_on: bool) -> ClaimResult:
         got = store.finish_and_claim(ctx.run_id, [o.finish for o in unrecorded], claim=go_on, lane=lane,
                                      external_id=external_id, log_path=spool, now=time.time(),
                                      reserve=lambda waiting: to_reserve(waiting, ctx.max_workers),
@@ -301,47 +310,50 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
         if unrecorded:
             crashpoints.hit("after-done")
         records: list = []
-        recorded(records)
-        for c in got if isinstance(got, list) else ():
+        recorded(got.recorded, records)
+        for c in got.claimed:
             if not c.reserved:
                 crashpoints.hit("after-claim")
-                records.append(("ws_started", c.ws_id, c.attempt, {"lane": lane, "worker": external_id}))
+                records.append(started_event(c.ws_id, c.attempt))
         events.emit_all(records)
         return got
 
-    def start_reserved(claimed: Claimed, began: float) -> Callable[[int, int, str | None], int | None]:
-        def start(pid: int, pgid: int, proc_start: str | None) -> int | None:
+    def start_reserved(claimed: Claimed, began: float) -> Callable[[int, int, str | None], int]:
+        def start(pid: int, pgid: int, proc_start: str | None) -> int:
             # It runs long: what ran before it is recorded, the rest of the batch goes back to
             # the queue for idle workers, and it becomes an ordinary running attempt.
             give_back.extend(c.ws_id for c in batch)
             batch.clear()
-            attempt_id = store.start_reserved(ctx.run_id, claimed, [o.finish for o in unrecorded], give_back,
-                                              lane=lane, external_id=external_id, started_at=began, pid=pid,
-                                              pgid=pgid, proc_start=proc_start)
+            attempt_id, flags = store.start_reserved(ctx.run_id, claimed, [o.finish for o in unrecorded], give_back,
+                                                     lane=lane, external_id=external_id, started_at=began, pid=pid,
+                                                     pgid=pgid, proc_start=proc_start)
             records: list = []
-            recorded(records)
-            started = []
+            recorded(flags, records)
             if attempt_id is not None:
-                records.append(("ws_started", claimed.ws_id, claimed.attempt, {"lane": lane, "worker": external_id}))
-                started.append(Started(claimed.ws_id, claimed.attempt, external_id))
+                records.append(started_event(claimed.ws_id, claimed.attempt))
             events.emit_all(records)
-            report(started)
+            report([Started(claimed.ws_id, claimed.attempt, external_id)] if attempt_id is not None else [])
+            if attempt_id is None:  # raised inside the wait: the command is stopped
+                raise LostReservation(f"{claimed.ws_id} is no longer reserved by this worker")
             return attempt_id
         return start
 
     try:
         while True:
+            # Start nothing new once told to stop or orphaned (the orchestrator would not hear of it).
+            go_on = not stopping and os.getppid() == orchestrator
+            if batch and not go_on:  # reserved and not started: back to the queue
+                give_back.extend(c.ws_id for c in batch)
+                batch.clear()
             if not batch:
-                # Claim nothing new once told to stop or orphaned (the orchestrator would not hear of it).
-                go_on = not stopping and os.getppid() == orchestrator
                 got = claim(go_on)
-                if not isinstance(got, list):
-                    if not report([], got) or not go_on or not _wait_for_work(conn, wake_r):
+                if not got.claimed:
+                    if not report([], got.released) or not go_on or not _wait_for_work(conn, wake_r):
                         break
                     continue
-                batch.extend(got)
-                started = [Started(c.ws_id, c.attempt, external_id) for c in got if not c.reserved]
-                if _report_now(ctx, unsent, got[-1]) and not report(started):
+                batch.extend(got.claimed)
+                started = [Started(c.ws_id, c.attempt, external_id) for c in got.claimed if not c.reserved]
+                if _report_now(ctx, unsent, got.claimed[-1]) and not report(started):
                     break
             claimed = batch.popleft()
             began, began_wall = time.monotonic(), time.time()
@@ -357,9 +369,6 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
             unrecorded.append(decide_outcome(Job(claimed.ws_id, claimed.attempt), ctx, store, attempt_id, result,
                                              log_path, set_log=True, seconds=time.monotonic() - began,
                                              started_at=began_wall))
-            if stopping and batch:  # the rest of the batch is not started
-                give_back.extend(c.ws_id for c in batch)
-                batch.clear()
     finally:
         store.close()
         events.close()

@@ -90,8 +90,9 @@ def recover(store: StateStore, layout: Layout, run_id: str, *, grace: float = pr
     report = RecoveryReport(run_id)
     attempts = [a for a in store.attempts(run_id) if a["status"] == "running"]
 
-    # Workers first, so that nothing writes while we reconcile.
-    for worker in {a["external_id"] for a in attempts}:
+    # Workers first, so that nothing writes while we reconcile: those running an attempt, and
+    # those holding reservations (which may be running one not yet recorded as running).
+    for worker in {a["external_id"] for a in attempts} | set(store.reservers(run_id)):
         ident = parse_local_external_id(worker)
         if ident and procs.is_alive(*ident):
             os.kill(ident[0], signal.SIGKILL)

@@ -461,9 +461,10 @@ class Orchestrator:
             del self.inflight[ws_id]  # not ready in the DB after all: leave it, as a failed claim would
             self.sched.release(ws_id)
 
-    def _unqueue(self) -> None:
-        """Take back released work no worker has claimed: it goes back to the ready queue."""
-        for ws_id in self.store.unqueue(self.run_id):
+    def _unqueue(self, dead_worker: str | None = None) -> None:
+        """Take back released work no worker has claimed (or reserved, unless the worker is
+        ``dead_worker``): it goes back to the ready queue."""
+        for ws_id in self.store.unqueue(self.run_id, dead_worker=dead_worker):
             if self.inflight.get(ws_id, 0) is None:
                 del self.inflight[ws_id]
                 self.sched.requeue(ws_id)
@@ -478,7 +479,10 @@ class Orchestrator:
         elif isinstance(report, WorkerLost):
             self._reconcile(report)
         elif isinstance(report, Requeued):
-            self._rereleased()
+            if self.draining or self.stop_reason:
+                self._unqueue()  # starting nothing new: what was handed back stays unstarted
+            else:
+                self._rereleased()
         else:
             self._handle(report)
 
@@ -486,7 +490,7 @@ class Orchestrator:
         """Work was released again without a new release (reservations handed back or dropped):
         a queue number past what idle workers have seen makes ``submit`` wake them to look."""
         self._queue_seq += 1
-        self.store.dispatch(self.run_id, [], [], released=self._queue_seq)
+        self.store.bump_released(self.run_id, self._queue_seq)
 
     def _handle(self, c: Completion) -> None:
         if (c.ws_id, c.attempt) in self._handled or c.ws_id not in self.inflight:
@@ -522,9 +526,11 @@ class Orchestrator:
         Which of its reserved attempts it was running when it died is not recorded, so none is
         counted; from now on nothing is released ahead of free workers, so nothing is reserved,
         and a workstream that takes its worker down is counted the next time it does it."""
+        if not self.inflight:
+            return  # nothing released was unfinished (workers exiting at the end of a run)
         self._reserving = False
-        self.store.drop_reservations(self.run_id, lost.external_id)
-        self._unqueue()  # released ahead, its own reservations too: released again one per free worker
+        self._unqueue(dead_worker=lost.external_id)  # released ahead, its reservations too: released
+                                                     # again, one per free worker
         for ws_id in list(self.inflight):
             row = self.store.workstream(self.run_id, ws_id)
             if row["status"] in ("done", "retrying", "failed", "conflict", "interrupted"):

@@ -133,12 +133,10 @@ class StateStore:
                 "finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE run_id = ? AND ws_id = ?",
                 [(status, error, final, now, run_id, w) for w in ids])
 
-    def dispatch(self, run_id: str, ready: list[str], queued: list[tuple[str, int]],
-                 released: int | None = None) -> list[str]:
+    def dispatch(self, run_id: str, ready: list[str], queued: list[tuple[str, int]]) -> list[str]:
         """In one transaction: mark ``ready`` workstreams ready, and release ``queued`` ones
         (ws id, queue number) to the workers, who claim them lowest number first. Returns the
-        ids that could not be released because they are not ready. ``released``: the number
-        to record as the last released, if not the last of ``queued``."""
+        ids that could not be released because they are not ready."""
         refused = []
         with self.write() as db:
             if ready:
@@ -148,21 +146,23 @@ class StateStore:
                 if db.execute("UPDATE workstreams SET queue_seq = ? WHERE run_id = ? AND ws_id = ? "
                               "AND status = 'ready'", (seq, run_id, ws_id)).rowcount == 0:
                     refused.append(ws_id)
-            if queued or released is not None:
-                db.execute("UPDATE runs SET released_seq = ? WHERE id = ?",
-                           (released if released is not None else queued[-1][1], run_id))
+            if queued:
+                db.execute("UPDATE runs SET released_seq = ? WHERE id = ?", (queued[-1][1], run_id))
         return refused
 
-    def unqueue(self, run_id: str, *, restart: bool = False) -> list[str]:
+    def unqueue(self, run_id: str, *, restart: bool = False, dead_worker: str | None = None) -> list[str]:
         """Take back released work no worker has claimed or reserved yet; returns its ids.
-        ``restart``: a new orchestrator takes back everything not started, reservations included,
-        and starts the queue numbers again."""
+        ``dead_worker``: that worker's reservations too. ``restart``: a new orchestrator takes
+        back everything not started, reservations included, and starts the queue numbers again."""
         with self.write() as db:
             if restart:
                 rows = db.execute("UPDATE workstreams SET queue_seq = NULL, reserved_by = NULL WHERE run_id = ? "
                                   "AND queue_seq IS NOT NULL RETURNING ws_id", (run_id,)).fetchall()
                 db.execute("UPDATE runs SET released_seq = 0 WHERE id = ?", (run_id,))
             else:
+                if dead_worker is not None:
+                    db.execute("UPDATE workstreams SET reserved_by = NULL WHERE run_id = ? AND reserved_by = ?",
+                               (run_id, dead_worker))
                 rows = db.execute("UPDATE workstreams SET queue_seq = NULL WHERE run_id = ? AND queue_seq IS NOT NULL "
                                   "AND reserved_by IS NULL RETURNING ws_id", (run_id,)).fetchall()
         return [r[0] for r in rows]
@@ -170,9 +170,9 @@ class StateStore:
     def finish_and_claim(self, run_id: str, finishes: list[Finish], *, claim: bool, lane: int, external_id: str,
                          log_path: str, now: float, reserve: Callable[[int], int] = lambda waiting: 1,
                          reservable: Callable[[str], bool] = lambda ws_id: False,
-                         give_back: Iterable[str] = ()) -> list[Claimed] | int:
+                         give_back: Iterable[str] = ()) -> ClaimResult:
         """Record the outcomes of this worker's last attempts and claim what it runs next, in one
-        transaction. Returns the claims or, when nothing waits, the highest queue number released.
+        transaction. Returns the claims (none when nothing waits) and which outcomes were recorded.
 
         Usually one workstream is claimed: it is ``running`` with an attempt row from here on.
         When ``reserve`` (given how many wait) says more than one, the worker instead reserves
@@ -183,17 +183,15 @@ class StateStore:
         as the DB knows. ``give_back``: reservations this worker will not run after all.
         ``log_path`` is where the claimed attempt's log is written while it runs."""
         with self.write() as db:
-            for f in finishes:
-                _finish_attempt(db, run_id, f, lane, external_id)
-            for ws_id in give_back:
-                db.execute("UPDATE workstreams SET reserved_by = NULL WHERE run_id = ? AND ws_id = ? "
-                           "AND reserved_by = ?", (run_id, ws_id, external_id))
+            done = _record(db, run_id, finishes, give_back, lane, external_id)
+            nothing = ClaimResult([], 0, done)
             if not claim:
-                return 0
+                return nothing
             waiting = db.execute("SELECT COUNT(*) FROM workstreams WHERE run_id = ? AND queue_seq IS NOT NULL "
-                                 "AND reserved_by IS NULL", (run_id,)).fetchone()[0]
+                                 "AND reserved_by IS NULL AND status = 'ready'", (run_id,)).fetchone()[0]
+            nothing.released = db.execute("SELECT released_seq FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
             if waiting == 0:
-                return db.execute("SELECT released_seq FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+                return nothing
             take = reserve(waiting)
             if take > 1:
                 head = db.execute("SELECT ws_id, attempt FROM workstreams WHERE run_id = ? AND queue_seq IS NOT NULL "
@@ -203,8 +201,8 @@ class StateStore:
                 if len(head) > 1:
                     db.executemany("UPDATE workstreams SET reserved_by = ? WHERE run_id = ? AND ws_id = ?",
                                    [(external_id, run_id, r[0]) for r in head])
-                    return [Claimed(None, ws_id, attempt + 1, log_path, None, None, waiting - len(head))
-                            for ws_id, attempt in head]
+                    return ClaimResult([Claimed(None, ws_id, attempt + 1, log_path, None, None, waiting - len(head))
+                                        for ws_id, attempt in head], nothing.released, done)
             row = db.execute(
                 "UPDATE workstreams SET status = 'running', attempt = attempt + 1, queue_seq = NULL, "
                 "started_at = COALESCE(started_at, ?) WHERE run_id = ? AND ws_id = ("
@@ -212,42 +210,42 @@ class StateStore:
                 "AND status = 'ready' ORDER BY queue_seq LIMIT 1) RETURNING ws_id, attempt, conflict_files, "
                 "integrated_commit", (now, run_id, run_id)).fetchone()
             if row is None:
-                return db.execute("SELECT released_seq FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+                return nothing
             cur = db.execute("INSERT INTO attempts (run_id, ws_id, attempt, status, lane, external_id, "
                              "started_at, heartbeat_at, log_path) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
                              (run_id, row["ws_id"], row["attempt"], lane, external_id, now, now, log_path))
-            return [Claimed(cur.lastrowid, row["ws_id"], row["attempt"], log_path, row["conflict_files"],
-                            row["integrated_commit"], waiting - 1)]
+            return ClaimResult([Claimed(cur.lastrowid, row["ws_id"], row["attempt"], log_path, row["conflict_files"],
+                                        row["integrated_commit"], waiting - 1)], nothing.released, done)
 
     def start_reserved(self, run_id: str, claimed: Claimed, finishes: list[Finish], give_back: Iterable[str], *,
                        lane: int, external_id: str, started_at: float, pid: int, pgid: int,
-                       proc_start: str | None) -> int | None:
+                       proc_start: str | None) -> tuple[int | None, list[bool]]:
         """A reserved attempt has run long: record what came before it, hand back the other
-        reservations, and make it an ordinary running attempt with its process; returns its
-        attempt id (None if the reservation is no longer this worker's)."""
+        reservations, and make it an ordinary running attempt with its process. Returns its
+        attempt id (None if the reservation is no longer this worker's) and which of
+        ``finishes`` were recorded."""
         with self.write() as db:
-            for f in finishes:
-                _finish_attempt(db, run_id, f, lane, external_id)
-            for ws_id in give_back:
-                db.execute("UPDATE workstreams SET reserved_by = NULL WHERE run_id = ? AND ws_id = ? "
-                           "AND reserved_by = ?", (run_id, ws_id, external_id))
+            done = _record(db, run_id, finishes, give_back, lane, external_id)
             if db.execute("UPDATE workstreams SET status = 'running', attempt = ?, queue_seq = NULL, reserved_by = NULL, "
                           "started_at = COALESCE(started_at, ?) WHERE run_id = ? AND ws_id = ? AND reserved_by = ? "
                           "AND status = 'ready'", (claimed.attempt, started_at, run_id, claimed.ws_id,
                                                    external_id)).rowcount == 0:
-                return None
+                return None, done
             return db.execute("INSERT INTO attempts (run_id, ws_id, attempt, status, lane, external_id, started_at, "
                               "heartbeat_at, log_path, pid, pgid, proc_start) "
                               "VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
                               (run_id, claimed.ws_id, claimed.attempt, lane, external_id, started_at, time.time(),
-                               claimed.log_path, pid, pgid, proc_start)).lastrowid
+                               claimed.log_path, pid, pgid, proc_start)).lastrowid, done
 
-    def drop_reservations(self, run_id: str, external_id: str) -> list[str]:
-        """The reservations of a worker that died: the work is released again, for the others."""
+    def bump_released(self, run_id: str, released: int) -> None:
+        """Record ``released`` as the last queue number released (work was released again)."""
         with self.write() as db:
-            rows = db.execute("UPDATE workstreams SET reserved_by = NULL WHERE run_id = ? AND reserved_by = ? "
-                              "RETURNING ws_id", (run_id, external_id)).fetchall()
-        return [r[0] for r in rows]
+            db.execute("UPDATE runs SET released_seq = ? WHERE id = ?", (released, run_id))
+
+    def reservers(self, run_id: str) -> list[str]:
+        """External ids of the workers holding reservations in this run."""
+        return [r[0] for r in self.db.execute("SELECT DISTINCT reserved_by FROM workstreams WHERE run_id = ? "
+                                              "AND reserved_by IS NOT NULL", (run_id,))]
 
     def record_spawn(self, attempt_id: int, pid: int, pgid: int, proc_start: str | None) -> None:
         with self.write() as db:
@@ -359,6 +357,13 @@ class Claimed:
         return self.attempt_id is None
 
 
+@dataclass
+class ClaimResult:
+    claimed: list[Claimed]          # one claim, or several reservations; empty: nothing to claim
+    released: int                   # the highest queue number released when the worker looked
+    recorded: list[bool]            # for each outcome passed in: whether it was recorded
+
+
 @dataclass(frozen=True)
 class Finish:
     """The outcome of one attempt, as recorded."""
@@ -385,33 +390,43 @@ def return_unstarted(db: sqlite3.Connection, run_id: str) -> None:
                "WHERE run_id = ? AND status IN ('ready', 'retrying')", (run_id,))
 
 
+def _record(db: sqlite3.Connection, run_id: str, finishes: list[Finish], give_back: Iterable[str],
+            lane: int | None, external_id: str | None) -> list[bool]:
+    """Inside a write transaction: a worker's outcomes (whether each was recorded) and the
+    reservations it hands back."""
+    done = [_finish_attempt(db, run_id, f, lane, external_id) for f in finishes]
+    db.executemany("UPDATE workstreams SET reserved_by = NULL WHERE run_id = ? AND ws_id = ? AND reserved_by = ?",
+                   [(run_id, ws_id, external_id) for ws_id in give_back])
+    return done
+
+
 def _finish_attempt(db: sqlite3.Connection, run_id: str, f: Finish, lane: int | None = None,
-                    external_id: str | None = None) -> None:
-    if f.attempt_id is None:
-        _record_reserved(db, run_id, f, lane, external_id)
-        return
-    db.execute("UPDATE attempts SET status = ?, finished_at = ?, exit_code = ?, signal = ?, error = ?, "
-               "log_path = CASE WHEN ? THEN ? ELSE log_path END WHERE id = ?",
-               (f.attempt_status, f.now, f.exit_code, f.signal, f.error, f.set_log, f.log_path, f.attempt_id))
-    db.execute("UPDATE workstreams SET status = ?, error = ?, retry_at = ?, "
-               "finished_at = CASE WHEN ? THEN ? ELSE NULL END WHERE run_id = ? AND ws_id = ?",
-               (f.ws_status, f.error, f.retry_at, f.ws_status in FINAL_STATUSES, f.now, run_id, f.ws_id))
-
-
-def _record_reserved(db: sqlite3.Connection, run_id: str, f: Finish, lane: int | None,
-                     external_id: str | None) -> None:
-    """A reserved attempt's row and outcome, written together; nothing if the reservation is no
-    longer this worker's (the work was given to another)."""
-    if db.execute("UPDATE workstreams SET status = ?, error = ?, retry_at = ?, attempt = ?, queue_seq = NULL, "
-                  "reserved_by = NULL, started_at = COALESCE(started_at, ?), "
-                  "finished_at = CASE WHEN ? THEN ? ELSE NULL END "
-                  "WHERE run_id = ? AND ws_id = ? AND reserved_by = ? AND status = 'ready'",
-                  (f.ws_status, f.error, f.retry_at, f.attempt, f.started_at, f.ws_status in FINAL_STATUSES, f.now,
-                   run_id, f.ws_id, external_id)).rowcount:
+                    external_id: str | None = None) -> bool:
+    """Record an outcome; False, recording nothing, if the attempt is no longer this process's
+    (``recover`` declared it lost, or the reservation went to another worker)."""
+    final = f.ws_status in FINAL_STATUSES
+    if f.attempt_id is None:  # reserved: the attempt row is written now, with its outcome
+        if not db.execute("UPDATE workstreams SET status = ?, error = ?, retry_at = ?, attempt = ?, "
+                          "queue_seq = NULL, reserved_by = NULL, started_at = COALESCE(started_at, ?), "
+                          "finished_at = CASE WHEN ? THEN ? ELSE NULL END "
+                          "WHERE run_id = ? AND ws_id = ? AND reserved_by = ? AND status = 'ready'",
+                          (f.ws_status, f.error, f.retry_at, f.attempt, f.started_at, final, f.now, run_id, f.ws_id,
+                           external_id)).rowcount:
+            return False
         db.execute("INSERT INTO attempts (run_id, ws_id, attempt, status, lane, external_id, started_at, finished_at, "
                    "heartbeat_at, exit_code, signal, error, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (run_id, f.ws_id, f.attempt, f.attempt_status, lane, external_id, f.started_at, f.now, f.now,
                     f.exit_code, f.signal, f.error, f.log_path))
+        return True
+    if not db.execute("UPDATE attempts SET status = ?, finished_at = ?, exit_code = ?, signal = ?, error = ?, "
+                      "log_path = CASE WHEN ? THEN ? ELSE log_path END WHERE id = ? AND status = 'running'",
+                      (f.attempt_status, f.now, f.exit_code, f.signal, f.error, f.set_log, f.log_path,
+                       f.attempt_id)).rowcount:
+        return False
+    db.execute("UPDATE workstreams SET status = ?, error = ?, retry_at = ?, "
+               "finished_at = CASE WHEN ? THEN ? ELSE NULL END WHERE run_id = ? AND ws_id = ?",
+               (f.ws_status, f.error, f.retry_at, final, f.now, run_id, f.ws_id))
+    return True
 
 
 def json_dumps(value: Any) -> str:

@@ -16,7 +16,7 @@ import pytest
 
 from agentrun.crashpoints import POINTS
 from agentrun.recovery import run_processes
-from conftest import agentrun, pid_alive, state, write_ws
+from conftest import agentrun, pid_alive, state, wait_for, write_ws
 
 
 def git(repo: Path, *args: str) -> str:
@@ -135,6 +135,42 @@ def test_kill9_loop_ends_with_every_workstream_done_once(tmp_path):
         json.loads(line)
     assert run_processes(run_id) == []
     assert git(repo, "fsck", "--no-progress") == ""
+
+
+def test_orphaned_workers_stop_on_their_own_and_resume_finishes_reserved_work(project):
+    # Tiny plain commands: workers reserve several at a time and record them later. Killing only
+    # the orchestrator orphans the workers mid-batch; each finishes at most the command it is
+    # running, hands its reservations back and exits. Resume then does everything exactly once
+    # in the DB; what ran without being recorded (at most a batch per worker) runs again.
+    from agentrun.scheduler import RESERVE_MAX
+    ledger = project / "ledger"
+    ledger.touch()
+    ids = [f"n{i:03d}" for i in range(800)]
+    for ws_id in ids:
+        write_ws(project / "w", ws_id, run=f"echo $AGENTRUN_WS_ID >> {ledger}")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "--parallel", "--max-workers", "2",
+                             "-q"], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    wait_for(lambda: len(ledger.read_text().splitlines()) >= 200)
+    workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert len(workers) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    wait_for(lambda: not any(pid_alive(pid) for pid in workers))  # nobody killed them
+    run_id = state(project).latest_run()["id"]
+    reserved = sqlite3.connect(project / ".agentrun" / "state.db").execute(
+        "SELECT COUNT(*) FROM workstreams WHERE reserved_by IS NOT NULL").fetchone()[0]
+    assert reserved == 0
+    assert agentrun("recover", run_id, cwd=project).returncode == 0
+    resumed = agentrun("resume", run_id, "-q", cwd=project)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    db = state(project)
+    assert {r["status"] for r in db.workstreams(run_id).values()} == {"done"}
+    done = sorted(a["ws_id"] for a in db.attempts(run_id) if a["status"] == "done")
+    assert done == ids
+    ran = ledger.read_text().split()
+    assert sorted(set(ran)) == ids
+    assert len(ran) - len(ids) <= 2 * (RESERVE_MAX + 1)
 
 
 def test_recover_stops_orphaned_children_and_grandchildren(project):

@@ -27,7 +27,7 @@ def store(tmp_path):
 def claim(store, worker, *, reserve=1, reservable=lambda ws_id: True, finishes=(), give_back=()):
     return store.finish_and_claim(RUN, list(finishes), claim=True, lane=0, external_id=worker, log_path="/spool",
                                   now=100.0, reserve=lambda waiting: reserve, reservable=reservable,
-                                  give_back=give_back)
+                                  give_back=give_back).claimed
 
 
 def row(store, ws_id):
@@ -65,10 +65,11 @@ def test_only_a_run_of_reservable_work_at_the_head_is_reserved(store):
 
 def test_a_reserved_attempt_that_runs_long_becomes_a_claimed_one_and_hands_back_the_rest(store):
     first, second, third = claim(store, "a", reserve=3)
-    attempt_id = store.start_reserved(RUN, second, [Finish(None, "w0", "done", "done", 9.0, 0, attempt=1,
+    attempt_id, recorded = store.start_reserved(RUN, second, [Finish(None, "w0", "done", "done", 9.0, 0, attempt=1,
                                                             started_at=8.0)],
                                       ["w2"], lane=0, external_id="a", started_at=9.5, pid=4321, pgid=4321,
                                       proc_start="77")
+    assert recorded == [True]
     attempt = store.attempts(RUN, "w1")[0]
     assert (attempt["id"], attempt["status"], attempt["pid"], attempt["started_at"]) == (attempt_id, "running", 4321, 9.5)
     assert row(store, "w1")["status"] == "running"
@@ -78,12 +79,28 @@ def test_a_reserved_attempt_that_runs_long_becomes_a_claimed_one_and_hands_back_
 
 def test_a_dead_workers_reservations_go_back_to_the_queue_uncounted(store):
     claim(store, "a", reserve=2)
-    assert sorted(store.drop_reservations(RUN, "a")) == ["w0", "w1"]
+    claim(store, "c")
+    assert store.reservers(RUN) == ["a"]
+    assert sorted(store.unqueue(RUN, dead_worker="a")) == ["w0", "w1", "w3", "w4", "w5"]
+    assert store.reservers(RUN) == [] and store.attempts(RUN, "w0") == []
+    store.dispatch(RUN, [], [("w0", 7), ("w1", 8)])
     assert [c.ws_id for c in claim(store, "b", reserve=2)] == ["w0", "w1"]
     # A late outcome from the dead worker is not recorded over the new owner's reservation.
-    store.finish_and_claim(RUN, [Finish(None, "w0", "done", "done", 3.0, 0, attempt=1, started_at=2.0)],
-                           claim=False, lane=0, external_id="a", log_path="/spool", now=3.0)
+    late = store.finish_and_claim(RUN, [Finish(None, "w0", "done", "done", 3.0, 0, attempt=1, started_at=2.0)],
+                                  claim=False, lane=0, external_id="a", log_path="/spool", now=3.0)
+    assert late.recorded == [False]
     assert store.attempts(RUN, "w0") == [] and row(store, "w0")["reserved_by"] == "b"
+
+
+def test_an_outcome_recover_took_away_is_not_recorded(store):
+    [c] = claim(store, "a")
+    with store.write() as db:  # what recover does to the attempts of a dead orchestrator's run
+        db.execute("UPDATE attempts SET status = 'lost' WHERE id = ?", (c.attempt_id,))
+        db.execute("UPDATE workstreams SET status = 'lost' WHERE run_id = ? AND ws_id = ?", (RUN, c.ws_id))
+    late = store.finish_and_claim(RUN, [Finish(c.attempt_id, c.ws_id, "done", "done", 5.0, 0)], claim=False,
+                                  lane=0, external_id="a", log_path="/spool", now=5.0)
+    assert late.recorded == [False]
+    assert row(store, c.ws_id)["status"] == "lost" and store.attempts(RUN, c.ws_id)[0]["status"] == "lost"
 
 
 def test_a_new_orchestrator_takes_back_everything_unstarted(store):
