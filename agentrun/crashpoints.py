@@ -36,8 +36,13 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+# Read once per process: points are hit several times per attempt, and the setting is fixed
+# for a process's life (tests set it in the environment of the agentrun they start).
+_SPEC = os.environ.get("AGENTRUN_CRASH_AT")
+
+
 def _armed(point: str) -> bool:
-    spec = os.environ.get("AGENTRUN_CRASH_AT")
+    spec = _SPEC
     if not spec:
         return False
     name, _, nth = spec.partition(":")
