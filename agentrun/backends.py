@@ -76,6 +76,7 @@ Report = Started | Completion | WorkerLost | Requeued
 class LostReservation(Exception):
     """A reserved attempt found its reservation gone (``recover`` ran while its worker was orphaned)."""
 
+
 _FORK = multiprocessing.get_context("fork")
 REPORT_BATCH = 32   # most outcomes a worker holds back (see _report_now)
 
@@ -105,9 +106,9 @@ class _Worker:
 class LocalProcessBackend:
     """A pool of forked worker processes that claim released work from the state DB.
 
-    A worker that finishes an attempt records its outcome and claims the next released
-    workstream in one transaction and goes straight on; it reports both on its pipe, and
-    waits to be woken only when nothing is released.
+    A worker that finishes an attempt (or a batch of reserved short ones) records the outcomes
+    and claims what it runs next in one transaction and goes straight on; it reports both on
+    its pipe, and waits to be woken only when nothing is released.
     """
 
     def __init__(self, ctx: RunContext, workers: int, *, before_fork: Callable[[], None] = lambda: None,
@@ -243,8 +244,9 @@ class LocalProcessBackend:
 
 
 def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list[Connection]) -> None:
-    """Worker loop: record the last outcome and claim the next job, run it; sleep when nothing is
-    released; stop when told to, when the orchestrator goes away, or on SIGTERM or SIGINT."""
+    """Worker loop: record the last outcomes and claim the next job (or reserve a batch of short
+    ones), run it; sleep when nothing is released; stop when told to, when the orchestrator goes
+    away, or on SIGTERM or SIGINT, handing back what it reserved and did not start."""
     for end in parent_ends:
         end.close()
     # SIGTERM (the orchestrator stopping the run) and Ctrl-C (which reaches the whole foreground

@@ -171,10 +171,10 @@ def m004_dispatch_queue(db: sqlite3.Connection) -> None:
 
 
 def m005_lean_hot_tables(db: sqlite3.Connection) -> None:
-    """Fewer pages and transactions per attempt: every attempt changes two workstream statuses and writes
-    an attempt row, and each index on those columns (and AUTOINCREMENT's sqlite_sequence row)
-    added a page to every commit. Every query on these tables is by run first, which the primary
-    keys serve; counts by status scan one run's rows."""
+    """Fewer pages and transactions per attempt: every attempt changes two workstream statuses
+    and writes an attempt row, and each index on those columns (and AUTOINCREMENT's
+    sqlite_sequence row) added a page to every commit. Every query on these tables is by run
+    first, which the primary keys serve; counts by status scan one run's rows."""
     db.execute("DROP INDEX workstreams_run_status")
     db.execute("DROP INDEX attempts_ws_status")
     # Without AUTOINCREMENT a new id is the largest plus one; attempts are never deleted, so ids

@@ -176,9 +176,9 @@ class StateStore:
 
         Usually one workstream is claimed: it is ``running`` with an attempt row from here on.
         When ``reserve`` (given how many wait) says more than one, the worker instead reserves
-        that many ``reservable`` ones at the head of the queue, if there are two or more: they stay ``ready``, marked as this
-        worker's, and it records each (attempt row and outcome) with its next claim, or claims it
-        properly once it runs long (``start_reserved``). A worker that dies loses its
+        that many ``reservable`` ones at the head of the queue, if there are two or more: they
+        stay ``ready``, marked as this worker's, and it records each (attempt row and outcome)
+        with its next claim, or claims it properly once it runs long (``start_reserved``). A worker that dies loses its
         reservations, not their workstreams: the work goes back to the queue, never run as far
         as the DB knows. ``give_back``: reservations this worker will not run after all.
         ``log_path`` is where the claimed attempt's log is written while it runs."""
@@ -226,8 +226,9 @@ class StateStore:
         ``finishes`` were recorded."""
         with self.write() as db:
             done = _record(db, run_id, finishes, give_back, lane, external_id)
-            if db.execute("UPDATE workstreams SET status = 'running', attempt = ?, queue_seq = NULL, reserved_by = NULL, "
-                          "started_at = COALESCE(started_at, ?) WHERE run_id = ? AND ws_id = ? AND reserved_by = ? "
+            if db.execute("UPDATE workstreams SET status = 'running', attempt = ?, queue_seq = NULL, "
+                          "reserved_by = NULL, started_at = COALESCE(started_at, ?) "
+                          "WHERE run_id = ? AND ws_id = ? AND reserved_by = ? "
                           "AND status = 'ready'", (claimed.attempt, started_at, run_id, claimed.ws_id,
                                                    external_id)).rowcount == 0:
                 return None, done

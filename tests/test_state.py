@@ -53,7 +53,8 @@ def test_reservations_stay_ready_are_skipped_by_others_and_are_recorded_with_the
     attempt = store.attempts(RUN, "w0")[0]
     assert (attempt["status"], attempt["started_at"], attempt["finished_at"], attempt["external_id"]) == \
         ("done", 5.0, 7.0, "a")
-    assert (row(store, "w0")["status"], row(store, "w0")["attempt"], row(store, "w0")["reserved_by"]) == ("done", 1, None)
+    w0 = row(store, "w0")
+    assert (w0["status"], w0["attempt"], w0["reserved_by"]) == ("done", 1, None)
 
 
 def test_only_a_run_of_reservable_work_at_the_head_is_reserved(store):
@@ -71,7 +72,8 @@ def test_a_reserved_attempt_that_runs_long_becomes_a_claimed_one_and_hands_back_
                                       proc_start="77")
     assert recorded == [True]
     attempt = store.attempts(RUN, "w1")[0]
-    assert (attempt["id"], attempt["status"], attempt["pid"], attempt["started_at"]) == (attempt_id, "running", 4321, 9.5)
+    assert (attempt["id"], attempt["status"], attempt["pid"], attempt["started_at"]) == \
+        (attempt_id, "running", 4321, 9.5)
     assert row(store, "w1")["status"] == "running"
     assert row(store, "w0")["status"] == "done"
     assert claim(store, "b")[0].ws_id == "w2"               # handed back, taken by another worker
