@@ -157,6 +157,36 @@ def test_sigint_stops_everything_and_leaves_no_process(project):
     assert events(project, run["id"])[-1]["type"] == "run_interrupted"
 
 
+def test_sigint_among_reserved_work_hands_it_back_and_resume_finishes_it(project):
+    # Tiny commands: workers hold batches of reserved work when Ctrl-C arrives. What they had
+    # not started goes back unstarted (pending), nothing is left reserved or running, and
+    # resume does the rest, each workstream recorded done exactly once.
+    ledger = project / "ledger"
+    ledger.touch()
+    ids = [f"n{i:03d}" for i in range(800)]
+    for ws_id in ids:
+        write_ws(project / "w", ws_id, run=f"echo $AGENTRUN_WS_ID >> {ledger}")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "--parallel", "--max-workers", "2", "-q"],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(ledger.read_text().splitlines()) >= 200)
+    workers = [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert not any(pid_alive(pid) for pid in workers)
+    db = state(project)
+    run_id = db.latest_run()["id"]
+    rows = db.workstreams(run_id)
+    assert {r["status"] for r in rows.values()} <= {"done", "pending", "interrupted"}
+    assert all(r["reserved_by"] is None and r["queue_seq"] is None for r in rows.values())
+    assert "pending" in {r["status"] for r in rows.values()}
+    resumed = agentrun("resume", run_id, "-q", cwd=project)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    done = sorted(a["ws_id"] for a in db.attempts(run_id) if a["status"] == "done")
+    assert done == ids
+    assert sorted(set(ledger.read_text().split())) == ids
+
+
 def test_eight_workers_lose_no_state_and_no_event(project):
     for i in range(120):
         write_ws(project / "w", f"n{i:03d}", run=["true"])
