@@ -178,20 +178,18 @@ class StateStore:
         When ``reserve`` (given how many wait) says more than one, the worker instead reserves
         that many ``reservable`` ones at the head of the queue, if there are two or more: they
         stay ``ready``, marked as this worker's, and it records each (attempt row and outcome)
-        with its next claim, or claims it properly once it runs long (``start_reserved``). A worker that dies loses its
-        reservations, not their workstreams: the work goes back to the queue, never run as far
-        as the DB knows. ``give_back``: reservations this worker will not run after all.
-        ``log_path`` is where the claimed attempt's log is written while it runs."""
+        with its next claim, or claims it properly once it runs long (``start_reserved``). A
+        worker that dies loses its reservations, not their workstreams: the work goes back to
+        the queue, never run as far as the DB knows. ``give_back``: reservations this worker
+        will not run after all. ``log_path`` is where the claimed attempt's log is written."""
         with self.write() as db:
             done = _record(db, run_id, finishes, give_back, lane, external_id)
-            nothing = ClaimResult([], 0, done)
             if not claim:
-                return nothing
+                return ClaimResult([], 0, done)
             waiting = db.execute("SELECT COUNT(*) FROM workstreams WHERE run_id = ? AND queue_seq IS NOT NULL "
                                  "AND reserved_by IS NULL AND status = 'ready'", (run_id,)).fetchone()[0]
-            nothing.released = db.execute("SELECT released_seq FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
             if waiting == 0:
-                return nothing
+                return ClaimResult([], _released(db, run_id), done)
             take = reserve(waiting)
             if take > 1:
                 head = db.execute("SELECT ws_id, attempt FROM workstreams WHERE run_id = ? AND queue_seq IS NOT NULL "
@@ -202,7 +200,7 @@ class StateStore:
                     db.executemany("UPDATE workstreams SET reserved_by = ? WHERE run_id = ? AND ws_id = ?",
                                    [(external_id, run_id, r[0]) for r in head])
                     return ClaimResult([Claimed(None, ws_id, attempt + 1, log_path, None, None, waiting - len(head))
-                                        for ws_id, attempt in head], nothing.released, done)
+                                        for ws_id, attempt in head], 0, done)
             row = db.execute(
                 "UPDATE workstreams SET status = 'running', attempt = attempt + 1, queue_seq = NULL, "
                 "started_at = COALESCE(started_at, ?) WHERE run_id = ? AND ws_id = ("
@@ -210,12 +208,12 @@ class StateStore:
                 "AND status = 'ready' ORDER BY queue_seq LIMIT 1) RETURNING ws_id, attempt, conflict_files, "
                 "integrated_commit", (now, run_id, run_id)).fetchone()
             if row is None:
-                return nothing
+                return ClaimResult([], _released(db, run_id), done)
             cur = db.execute("INSERT INTO attempts (run_id, ws_id, attempt, status, lane, external_id, "
                              "started_at, heartbeat_at, log_path) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
                              (run_id, row["ws_id"], row["attempt"], lane, external_id, now, now, log_path))
             return ClaimResult([Claimed(cur.lastrowid, row["ws_id"], row["attempt"], log_path, row["conflict_files"],
-                                        row["integrated_commit"], waiting - 1)], nothing.released, done)
+                                        row["integrated_commit"], waiting - 1)], 0, done)
 
     def start_reserved(self, run_id: str, claimed: Claimed, finishes: list[Finish], give_back: Iterable[str], *,
                        lane: int, external_id: str, started_at: float, pid: int, pgid: int,
@@ -361,7 +359,7 @@ class Claimed:
 @dataclass
 class ClaimResult:
     claimed: list[Claimed]          # one claim, or several reservations; empty: nothing to claim
-    released: int                   # the highest queue number released when the worker looked
+    released: int                   # with no claims: the highest queue number released when it looked
     recorded: list[bool]            # for each outcome passed in: whether it was recorded
 
 
@@ -389,6 +387,10 @@ def return_unstarted(db: sqlite3.Connection, run_id: str) -> None:
     started, goes back to pending (and out of the release queue), so a resume decides it again."""
     db.execute("UPDATE workstreams SET status = 'pending', queue_seq = NULL, reserved_by = NULL "
                "WHERE run_id = ? AND status IN ('ready', 'retrying')", (run_id,))
+
+
+def _released(db: sqlite3.Connection, run_id: str) -> int:
+    return db.execute("SELECT released_seq FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
 
 
 def _record(db: sqlite3.Connection, run_id: str, finishes: list[Finish], give_back: Iterable[str],

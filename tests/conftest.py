@@ -98,3 +98,22 @@ def pid_alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def start_tiny_run(project: Path, n: int = 800,
+                   started: int = 200) -> tuple[subprocess.Popen, Path, list[str], list[int]]:
+    """Start a 2-worker run of ``n`` tiny plain commands (each appends its id to a ledger, so
+    workers reserve them in batches) and return once ``started`` of them have run: the process,
+    the ledger, the ids and the worker pids."""
+    ledger = project / "ledger"
+    ledger.touch()
+    ids = [f"n{i:03d}" for i in range(n)]
+    for ws_id in ids:
+        write_ws(project / "w", ws_id, run=f"echo $AGENTRUN_WS_ID >> {ledger}")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "--parallel", "--max-workers", "2", "-q"],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    wait_for(lambda: len(ledger.read_text().splitlines()) >= started)
+    workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert len(workers) == 2
+    return proc, ledger, ids, workers

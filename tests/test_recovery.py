@@ -16,7 +16,7 @@ import pytest
 
 from agentrun.crashpoints import POINTS
 from agentrun.recovery import run_processes
-from conftest import agentrun, pid_alive, state, wait_for, write_ws
+from conftest import agentrun, pid_alive, start_tiny_run, state, wait_for, write_ws
 
 
 def git(repo: Path, *args: str) -> str:
@@ -143,17 +143,7 @@ def test_orphaned_workers_stop_on_their_own_and_resume_finishes_reserved_work(pr
     # running, hands its reservations back and exits. Resume then does everything exactly once
     # in the DB; what ran without being recorded (at most a batch per worker) runs again.
     from agentrun.scheduler import RESERVE_MAX
-    ledger = project / "ledger"
-    ledger.touch()
-    ids = [f"n{i:03d}" for i in range(800)]
-    for ws_id in ids:
-        write_ws(project / "w", ws_id, run=f"echo $AGENTRUN_WS_ID >> {ledger}")
-    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "--parallel", "--max-workers", "2",
-                             "-q"], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    wait_for(lambda: len(ledger.read_text().splitlines()) >= 200)
-    workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-    assert len(workers) == 2
+    proc, ledger, ids, workers = start_tiny_run(project)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     wait_for(lambda: not any(pid_alive(pid) for pid in workers))  # nobody killed them

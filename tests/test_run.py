@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from conftest import agentrun, events, pid_alive, state, wait_for, write_ws
+from conftest import agentrun, events, pid_alive, start_tiny_run, state, wait_for, write_ws
 
 
 def _max_overlap(attempts) -> int:
@@ -161,15 +161,7 @@ def test_sigint_among_reserved_work_hands_it_back_and_resume_finishes_it(project
     # Tiny commands: workers hold batches of reserved work when Ctrl-C arrives. What they had
     # not started goes back unstarted (pending), nothing is left reserved or running, and
     # resume does the rest, each workstream recorded done exactly once.
-    ledger = project / "ledger"
-    ledger.touch()
-    ids = [f"n{i:03d}" for i in range(800)]
-    for ws_id in ids:
-        write_ws(project / "w", ws_id, run=f"echo $AGENTRUN_WS_ID >> {ledger}")
-    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "--parallel", "--max-workers", "2", "-q"],
-                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: len(ledger.read_text().splitlines()) >= 200)
-    workers = [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+    proc, ledger, ids, workers = start_tiny_run(project)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
