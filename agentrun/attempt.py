@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from .events import EventLog
 from .executors import AttemptContext, CommandExecutor, ExecResult, Executor, run_command
 from . import git
 from .integration import (GateRunner, GitRun, Workspace, already_integrated, commit_message, free_port,
-                          integrate, prepare_workspace, rescue_and_remove, rescue_ref, verify)
+                          integrate, leaving_path, prepare_workspace, rescue_and_remove, rescue_ref, verify)
 from .layout import Layout
 from .spec import Budget, LLMSettings, Workstream
 from .state import Claimed, Finish, StateStore
@@ -64,6 +65,7 @@ class RunContext:
     git: GitRun | None = None
     llm: LLMSettings | None = None
     max_workers: int = 1
+    cgroup: str | None = None       # the run's cgroup (see containment), None where there is none
 
     def __post_init__(self) -> None:
         # Strings, computed once: path arithmetic per attempt is measurable with thousands of tiny ones.
@@ -215,7 +217,7 @@ class Attempt:
         if ctx.isolated(ws):
             try:
                 self.wsp = prepare_workspace(ctx.git, ctx.layout.worktrees_dir(ctx.run_id), ctx.run_id, ws,
-                                             job.attempt, self.log)
+                                             job.attempt, self.log, ctx.layout.state_dir)
             except Exception as exc:  # a git failure fails this attempt, not the run
                 return ExecResult("failed", error=f"cannot create worktree: {exc}")
             self.store.update_workstream(ctx.run_id, ws.id, worktree=str(self.wsp.path), branch=self.wsp.branch,
@@ -223,6 +225,9 @@ class Attempt:
             self.log(f"worktree {self.wsp.path} on {self.wsp.branch} at {self.wsp.base[:12]}")
         else:
             self.wsp = Workspace(ctx.root, False)
+        leaving = leaving_path(self.wsp.path, ws)
+        if leaving is not None:
+            return ExecResult("failed", error=leaving)
         workdir = self.wsp.path / ws.cwd if ws.cwd else self.wsp.path
         if not os.path.isdir(workdir):
             return ExecResult("failed", error=f"cwd {ws.cwd!r} does not exist in {self.wsp.path}")
@@ -336,8 +341,8 @@ class Attempt:
 
 def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events: EventLog, *, lane: int,
                     cancel_fd: int | None, on_long: Callable[[], object] | None = None,
-                    start_reserved: Callable[[int, int, str | None], int] | None = None
-                    ) -> tuple[ExecResult, str | None, int | None]:
+                    start_reserved: Callable[[int, int, str | None], int] | None = None,
+                    sweep: Callable[[], int] = lambda: 0) -> tuple[ExecResult, str | None, int | None]:
     """Everything between the claim and the outcome: returns the result that decides the outcome,
     where its log is kept, and the attempt's id (None: it stayed reserved, see ``StateStore.finish_and_claim``).
 
@@ -353,25 +358,43 @@ def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events
     attempt = Attempt(job, ctx, store, events, claimed.attempt_id, claimed.conflict_files, log_fd, cancel_fd, lane,
                       on_long, start_reserved)
     try:
-        if claimed.integrated_commit or attempt.integrated_before_crash():
-            # Integrated before a crash but not recorded done: never run or merge it twice.
-            attempt.log("already integrated by an earlier attempt; recording it as done")
-            result = ExecResult("ok", 0)
-        else:
-            try:
+        try:
+            if claimed.integrated_commit or attempt.integrated_before_crash():
+                # Integrated before a crash but not recorded done: never run or merge it twice.
+                attempt.log("already integrated by an earlier attempt; recording it as done")
+                result = ExecResult("ok", 0)
+            else:
                 result = attempt.run()
                 attempt.cleanup()
-            except Exception as exc:  # a bug or a broken repository fails the attempt, not the worker
-                result = ExecResult("failed", error=f"internal error: {type(exc).__name__}: {exc}")
-            if result.error and result.status != "ok":
-                last = last_output_line(log_fd)
-                if last and result.error.startswith("exit code"):
-                    result.error = f"{result.error}: {last}"
-                attempt.log(result.error)
-                ctx.forget_port(lane)
+        except Exception as exc:  # a bug or a broken repository fails the attempt, not the worker
+            result = ExecResult("failed", error=f"internal error: {type(exc).__name__}: {exc}")
+        # Before the log is settled: what is left could still write to it.
+        left = sweep()
+        if left:
+            attempt.log(f"killed {left} process(es) the attempt left running")
+        if result.status in ("failed", "timeout") and stop_requested(cancel_fd):
+            # Whatever failed while the run was being stopped (a git command, a gate) failed
+            # because of the stop: the work was interrupted, not wrong.
+            result = ExecResult("cancelled", result.exit_code, result.signal,
+                                f"stopped: run interrupted ({result.error})")
+        if result.error and result.status != "ok":
+            last = last_output_line(log_fd)
+            if last and result.error.startswith("exit code"):
+                result.error = f"{result.error}: {last}"
+            attempt.log(result.error)
+            ctx.forget_port(lane)
         return result, _settle_log(claimed, ctx, attempt, result, log_fd), attempt.attempt_id
     finally:
         os.close(log_fd)
+
+
+def stop_requested(cancel_fd: int | None) -> bool:
+    """Has the worker been told to stop (its cancel descriptor is readable)?"""
+    if cancel_fd is None:
+        return False
+    poller = select.poll()
+    poller.register(cancel_fd, select.POLLIN | select.POLLHUP)
+    return bool(poller.poll(0))
 
 
 def _settle_log(claimed: Claimed, ctx: RunContext, attempt: Attempt, result: ExecResult, log_fd: int) -> str | None:

@@ -15,13 +15,14 @@ import multiprocessing
 import os
 import selectors
 import signal
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait as mp_wait
 from typing import Callable, Protocol
 
-from . import crashpoints, procs
+from . import containment, crashpoints, procs
 from .attempt import Completion, Job, Outcome, RunContext, decide_outcome, execute_attempt
 from .events import EventLog
 from .scheduler import to_reserve
@@ -184,6 +185,9 @@ class LocalProcessBackend:
         for worker in dead:
             self._drain(worker, out)  # what it said before it went: its last reports precede its exit
             worker.process.join()
+            # Whatever its attempts left running (a worker that exits normally has swept already).
+            containment.sweep_dead_worker(self.ctx.cgroup, worker.lane, worker.process.pid,
+                                          keep={w.process.pid for w in self._workers if w not in dead})
             out.append(WorkerLost(worker.external_id, f"worker process {worker.process.pid} died "
                                                       f"(exit code {worker.process.exitcode})"))
             self._selector.unregister(worker.conn)
@@ -266,6 +270,7 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGTERM, on_stop)
     signal.set_wakeup_fd(wake_w)
+    sweeper = containment.Sweeper(ctx.cgroup, lane)
     store = StateStore(ctx.layout.db_path)
     events = EventLog(ctx.layout.events_path(ctx.run_id), ctx.run_id)
     external_id = local_external_id(os.getpid())
@@ -366,12 +371,16 @@ def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list
                 held = Started(claimed.ws_id, claimed.attempt, external_id)
                 hooks = {"on_long": (lambda: report([held])) if unsent else None}
             result, log_path, attempt_id = execute_attempt(claimed, ctx, store, events, lane=lane,
-                                                           cancel_fd=wake_r, **hooks)
+                                                           cancel_fd=wake_r, sweep=sweeper.sweep, **hooks)
             crashpoints.hit("before-done")
             unrecorded.append(decide_outcome(Job(claimed.ws_id, claimed.attempt), ctx, store, attempt_id, result,
                                              log_path, set_log=True, seconds=time.monotonic() - began,
                                              started_at=began_wall))
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback; the orchestrator reconciles
+        print(f"agentrun: worker {lane}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
     finally:
+        sweeper.sweep()
         store.close()
         events.close()
     try:  # what the last silent attempt left in the spool; a crashed worker's stays with its attempt

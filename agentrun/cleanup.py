@@ -20,6 +20,7 @@ class CleanReport:
     worktrees: list[str] = field(default_factory=list)
     rescued: list[str] = field(default_factory=list)
     branches: list[str] = field(default_factory=list)
+    abandoned: list[str] = field(default_factory=list)   # runs that can no longer be resumed
     freed_bytes: int = 0
 
 
@@ -71,6 +72,11 @@ def clean(store: StateStore, layout: Layout, root: Path, run_id: str | None, eve
             shutil.rmtree(tmp, ignore_errors=True)
         if is_repo:
             integration = integration_branch(run["id"])
+            if everything and run["status"] not in ("done", "abandoned") and git.rev(root, integration):
+                # resume continues on the integration branch: without it the run is over for good
+                with store.write() as db:
+                    db.execute("UPDATE runs SET status = 'abandoned' WHERE id = ?", (run["id"],))
+                report.abandoned.append(run["id"])
             for branch in git.branches(root, f"agentrun/{run['id']}/"):
                 if branch == integration and not everything:
                     continue

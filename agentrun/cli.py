@@ -313,7 +313,8 @@ def models(source, state_dir) -> None:
 
 @cli.command()
 @click.option("--run-id", help="Clean only this run (default: every run that is not running).")
-@click.option("--all", "everything", is_flag=True, help="Also delete integration branches.")
+@click.option("--all", "everything", is_flag=True, help="Also delete integration branches (a run that could "
+              "still be resumed is abandoned).")
 @state_dir_option
 @handle_errors
 def clean(run_id, everything, state_dir) -> None:
@@ -333,6 +334,8 @@ def clean(run_id, everything, state_dir) -> None:
         store.close()
     for line in report.rescued:
         click.echo(f"rescued {line}")
+    for rid in report.abandoned:
+        click.echo(f"abandoned run {rid}: its integration branch is gone, so it can no longer be resumed")
     click.echo(f"removed {len(report.worktrees)} worktree(s), {len(report.branches)} branch(es); "
                f"freed {report.freed_bytes / 1e6:.1f} MB")
 

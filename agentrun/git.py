@@ -31,8 +31,11 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def run(cwd: str | Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
         input: str | None = None) -> subprocess.CompletedProcess:
+    # A process group of its own: Ctrl-C at a terminal signals the whole foreground group, and a
+    # git killed half-way through an update fails the attempt and leaves its lock files behind.
+    # agentrun stops its work itself, between git commands.
     proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=_env(env),
-                          input=input, stdin=None if input is not None else subprocess.DEVNULL)
+                          input=input, stdin=None if input is not None else subprocess.DEVNULL, process_group=0)
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise GitError(f"git {' '.join(args[:3])} failed in {cwd}: {detail[-1] if detail else proc.returncode}")
@@ -68,12 +71,48 @@ def dirty_files(root: Path) -> list[str]:
     return [line[3:] for line in text.splitlines() if line]
 
 
-def has_uncommitted(worktree: Path, exclude: list[str] = ()) -> bool:
-    return bool(out(worktree, "status", "--porcelain", "--", ".", *_excludes(exclude)))
+# In a worktree's own git directory: the untracked files agentrun copied into it (copy_untracked),
+# one per line. They are never committed, never rescued, never in any ref.
+COPIED = "agentrun-copied"
 
 
-def _excludes(paths) -> list[str]:
-    return [f":(exclude,literal){p}" for p in paths]
+def _own_gitdir(worktree: Path) -> Path | None:
+    dotgit = Path(worktree) / ".git"
+    if dotgit.is_dir():
+        return dotgit
+    try:
+        text = dotgit.read_text()
+    except OSError:
+        return None
+    return Path(text[len("gitdir: "):].strip()) if text.startswith("gitdir: ") else None
+
+
+def mark_copied(worktree: Path, paths: list[str]) -> None:
+    gitdir = _own_gitdir(worktree)
+    if gitdir is None:
+        raise GitError(f"{worktree} is not a git worktree")
+    (gitdir / COPIED).write_text("".join(p + "\n" for p in paths))
+
+
+def copied_files(worktree: Path) -> list[str]:
+    gitdir = _own_gitdir(worktree)
+    try:
+        return (gitdir / COPIED).read_text().splitlines() if gitdir else []
+    except FileNotFoundError:
+        return []
+
+
+def has_uncommitted(worktree: Path) -> bool:
+    copied = [f":(exclude,literal){p}" for p in copied_files(worktree)]
+    return bool(out(worktree, "status", "--porcelain", "--", ".", *copied))
+
+
+def _unstage_copied(worktree: Path, env: dict[str, str] | None = None) -> None:
+    """After ``add -A``: take the copied files out of the index again. (Excluding them from the
+    add instead fails when one is ignored: git refuses a pathspec that names an ignored file.)"""
+    copied = copied_files(worktree)
+    if copied:
+        run(worktree, "reset", "-q", "--", *[f":(literal){p}" for p in copied], env=env)
 
 
 def update_ref(root: Path, ref: str, new: str, old: str | None = None) -> None:
@@ -82,9 +121,10 @@ def update_ref(root: Path, ref: str, new: str, old: str | None = None) -> None:
     run(root, *args)
 
 
-def commit_all(worktree: Path, message: str, exclude: list[str] = ()) -> str | None:
-    """Commit every change (tracked, untracked, deleted) but ``exclude``; None when there is nothing."""
-    run(worktree, "add", "-A", "--", ".", *_excludes(exclude))
+def commit_all(worktree: Path, message: str) -> str | None:
+    """Commit every change (tracked, untracked, deleted) but the copied files; None when there is nothing."""
+    run(worktree, "add", "-A", "--", ".")
+    _unstage_copied(worktree)
     if run(worktree, "diff", "--cached", "--quiet", check=False).returncode == 0:
         return None
     run(worktree, "commit", "-q", "--no-verify", "-m", message, env=IDENTITY)
@@ -112,6 +152,7 @@ def snapshot_tree(worktree: Path, message: str) -> str | None:
         if index.exists():
             private.write_bytes(index.read_bytes())
         run(worktree, "add", "-A", env=env)
+        _unstage_copied(worktree, env)
         tree = run(worktree, "write-tree", env=env).stdout.strip()
         parent = rev(worktree, "HEAD")
         args = ["commit-tree", tree, "-m", message] + (["-p", parent] if parent else [])

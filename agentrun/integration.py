@@ -8,6 +8,8 @@ compare-and-swap of its ref.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -41,7 +43,8 @@ def integration_branch(run_id: str) -> str:
 
 
 def ws_branch(run_id: str, ws_id: str) -> str:
-    return f"agentrun/{run_id}/{ws_id}"
+    """A workstream's branch, in a namespace of its own: no id can name the integration branch."""
+    return f"agentrun/{run_id}/ws/{ws_id}"
 
 
 def rescue_ref(run_id: str, ws_id: str, attempt: int | str) -> str:
@@ -81,7 +84,7 @@ def rescue_and_remove(repo: Path, path: Path, ref: str) -> str | None:
 
 
 def prepare_workspace(gr: GitRun, worktrees_dir: Path, run_id: str, ws: Workstream, attempt: int,
-                      log) -> Workspace:
+                      log, state_dir: Path) -> Workspace:
     """A fresh worktree at the integration tip, on the workstream's branch."""
     path = worktrees_dir / ws.id
     if path.exists():
@@ -93,17 +96,76 @@ def prepare_workspace(gr: GitRun, worktrees_dir: Path, run_id: str, ws: Workstre
         raise RuntimeError(f"integration branch {gr.integration_branch} is missing")
     branch = ws_branch(run_id, ws.id)
     git.worktree_add(gr.repo, path, branch, base)
-    copied: list[str] = []
-    for pattern in ws.copy_untracked:
-        for src in sorted(gr.repo.glob(pattern)):
-            if src.is_file():
-                rel = src.relative_to(gr.repo)
-                dest = path / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dest)
-                copied.append(str(rel))
-                log(f"copied untracked {rel} (never committed)")
+    copied = copy_untracked(gr.repo, path, ws.copy_untracked, state_dir, log) if ws.copy_untracked else []
     return Workspace(path, True, branch, base, copied=copied)
+
+
+def copy_untracked(repo: Path, worktree: Path, patterns: tuple[str, ...], state_dir: Path, log) -> list[str]:
+    """Copy the project's untracked files (ignored ones included) that ``patterns`` match into the
+    worktree, and record them there so that no commit, rescue or ref ever contains them. Raises
+    ValueError for a file that would be read or written outside the project or the worktree."""
+    prefixes = {_wildcard_free_prefix(p) for p in patterns}
+    pathspecs = [] if "" in prefixes else [f":(literal){p}" for p in sorted(prefixes)]
+    try:
+        pathspecs.append(f":(exclude,literal){state_dir.resolve().relative_to(repo.resolve())}")
+    except ValueError:
+        pass  # the state directory is outside the project
+    # --others without --exclude-standard: ignored files too (a .env is usually ignored)
+    listed = git.run(repo, "ls-files", "--others", "-z", "--", *(pathspecs or ["."])).stdout.split("\0")
+    real_repo, real_tree = repo.resolve(), worktree.resolve()
+    copied: list[str] = []
+    for rel in sorted(p for p in listed if p and not p.endswith("/") and in_scope(p, patterns)):
+        source = (repo / rel).resolve()
+        if not source.is_relative_to(real_repo) or ".git" in source.relative_to(real_repo).parts:
+            raise ValueError(f"copy_untracked: {rel!r} leads outside the project through a symlink (to {source})")
+        dest = worktree / rel
+        if os.path.lexists(dest):
+            log(f"not copied: {rel} is in the worktree already (tracked at the base)")
+            continue
+        parent = dest.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.resolve().is_relative_to(real_tree):
+            raise ValueError(f"copy_untracked: {rel!r} would be written outside the worktree through a symlink "
+                             f"(to {parent.resolve()})")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest)
+        copied.append(rel)
+        log(f"copied untracked {rel} (never committed)")
+    git.mark_copied(worktree, copied)
+    return copied
+
+
+def _wildcard_free_prefix(pattern: str) -> str:
+    parts = []
+    for part in pattern.split("/"):
+        if any(c in part for c in "*?["):
+            break
+        parts.append(part)
+    return "/".join(parts)
+
+
+def leaving_path(root: Path, ws: Workstream) -> str | None:
+    """What is wrong with the first of the workstream's paths (``cwd``, and the part of each
+    ``files`` entry before its first wildcard) that leads outside ``root`` or into its ``.git``
+    through a symlink, or None. agentrun runs commands in ``cwd``, and the agent reads and writes
+    ``files``: none of them may leave the worktree. Checked on the deepest part that exists."""
+    entries = [("cwd", ws.cwd)] if ws.cwd else []
+    entries += [("files", _wildcard_free_prefix(p)) for p in ws.files]
+    real_root = root.resolve() if entries else root
+    for name, rel in entries:
+        parts = [p for p in rel.split("/") if p not in ("", ".")]
+        while parts and not os.path.lexists(root.joinpath(*parts)):
+            parts.pop()
+        if not parts:
+            continue
+        target = root.joinpath(*parts).resolve()
+        inside = target == real_root or target.is_relative_to(real_root)
+        if not inside or ".git" in target.relative_to(real_root).parts:
+            where = "outside the worktree" if not inside else "into .git"
+            return (f"{name}: {'/'.join(parts)!r} leads {where} through a symlink (to {target}); "
+                    "agentrun does not work there")
+    return None
 
 
 def in_scope(path: str, patterns: tuple[str, ...]) -> bool:
@@ -148,7 +210,7 @@ def verify(ws: Workstream, wsp: Workspace, gates: GateRunner, workdir: Path, mes
            preexisting: set[str]) -> ExecResult | None:
     """Commit the attempt's work and check it. None when verified, else the failure."""
     if wsp.isolated:
-        wsp.commit = git.commit_all(wsp.path, message, exclude=wsp.copied) or wsp.base
+        wsp.commit = git.commit_all(wsp.path, message) or wsp.base
         wsp.changed = git.changed_files(wsp.path, wsp.base, wsp.commit) if wsp.commit != wsp.base else []
         if ws.changes_expected and not wsp.changed:
             return ExecResult("failed", error="no changes: the command exited 0 but changed no file "
@@ -194,7 +256,7 @@ def integrate(gr: GitRun, run_id: str, ws: Workstream, wsp: Workspace, gates: Ga
             return Integrated("integrated", done, on_integrated(done))
         if wsp.commit == wsp.base and not wsp.changed:
             return Integrated("integrated", tip, None)  # nothing to integrate (read-only work)
-        if git.has_uncommitted(wsp.path, exclude=wsp.copied):
+        if git.has_uncommitted(wsp.path):
             # Gates left files behind: keep them, but out of the way of the rebase.
             ref = rescue_ref(run_id, ws.id, "gate-leftovers")
             sha = git.snapshot_tree(wsp.path, f"agentrun: files left by the gates of {ws.id}")
@@ -202,7 +264,7 @@ def integrate(gr: GitRun, run_id: str, ws: Workstream, wsp: Workspace, gates: Ga
                 git.update_ref(gr.repo, ref, sha)
                 log(f"gates left uncommitted changes; saved as {ref}, not integrated")
             git.run(wsp.path, "reset", "-q", "--hard")
-            git.run(wsp.path, "clean", "-q", "-fd", *[f"--exclude={c}" for c in wsp.copied])
+            git.run(wsp.path, "clean", "-q", "-fd", *[f"--exclude=/{_ignore_escape(c)}" for c in wsp.copied])
         if not git.is_ancestor(wsp.path, tip, "HEAD"):
             if ws.merge == "rebase":
                 proc = git.run(wsp.path, "rebase", "-q", "--no-verify", tip, check=False, env=git.IDENTITY)
@@ -234,6 +296,11 @@ def integrate(gr: GitRun, run_id: str, ws: Workstream, wsp: Workspace, gates: Ga
         crashpoints.hit("during-integration")
         git.update_ref(gr.repo, gr.integration_ref, new, tip)
         return Integrated("integrated", new, on_integrated(new))
+
+
+def _ignore_escape(path: str) -> str:
+    """``path`` as a .gitignore pattern that matches exactly it."""
+    return re.sub(r"([*?\[\\])", r"\\\1", path)
 
 
 def already_integrated(gr: GitRun, run_id: str, ws_id: str, tip: str) -> str | None:

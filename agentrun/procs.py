@@ -178,6 +178,7 @@ def _kill_group(pgid: int, sig: int) -> None:
 def stop_group(pgid: int, *, pidfd: int | None = None, grace: float = KILL_GRACE_SECONDS) -> None:
     """SIGTERM the group, give it ``grace`` seconds, then SIGKILL whatever is left."""
     _kill_group(pgid, signal.SIGTERM)
+    _kill_group(pgid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
     deadline = time.monotonic() + grace
     if pidfd is not None:
         select.select([pidfd], [], [], grace)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import git, procs
+from . import containment, git, procs
 from .backends import parse_local_external_id
 from .errors import UsageError
 from .events import EventLog, repair_tail
@@ -91,12 +91,16 @@ def recover(store: StateStore, layout: Layout, run_id: str, *, grace: float = pr
     attempts = [a for a in store.attempts(run_id) if a["status"] == "running"]
 
     # Workers first, so that nothing writes while we reconcile: those running an attempt, and
-    # those holding reservations (which may be running one not yet recorded as running).
-    for worker in {a["external_id"] for a in attempts} | set(store.reservers(run_id)):
-        ident = parse_local_external_id(worker)
-        if ident and procs.is_alive(*ident):
-            os.kill(ident[0], signal.SIGKILL)
-            report.actions.append(f"killed orphaned worker process {ident[0]}")
+    # those holding reservations (which may be running one not yet recorded as running). Their
+    # trees are frozen first: as subreapers they hold whatever their attempts left behind, which
+    # would go to init, out of reach, once they are gone.
+    workers = [ident[0] for ident in map(parse_local_external_id,
+                                         {a["external_id"] for a in attempts} | set(store.reservers(run_id)))
+               if ident and procs.is_alive(*ident)]
+    frozen = containment.freeze_trees(workers)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+        report.actions.append(f"killed orphaned worker process {pid}")
     groups = set()
     for a in attempts:
         if a["pgid"] and procs.is_alive(a["pid"], a["proc_start"]):
@@ -109,6 +113,13 @@ def recover(store: StateStore, layout: Layout, run_id: str, *, grace: float = pr
     for pgid in sorted(groups):
         procs.stop_group(pgid, grace=grace)
         report.actions.append(f"stopped orphaned process group {pgid}")
+    killed = containment.kill_all(frozen)
+    if killed:
+        report.actions.append(f"killed {killed} process(es) the workers' attempts left behind")
+    if run["cgroup"] and os.path.isdir(run["cgroup"]):
+        killed = containment.kill_cgroup(run["cgroup"], timeout=grace)
+        if killed:
+            report.actions.append(f"killed {killed} process(es) left in the run's cgroup {run['cgroup']}")
     leftovers = run_processes(run_id)
     for pid in leftovers:  # escaped into sessions of their own: stop them one by one
         try:
@@ -143,20 +154,25 @@ def recover(store: StateStore, layout: Layout, run_id: str, *, grace: float = pr
     return report
 
 
+def remove_stale_ref_locks(repo: Path, run_id: str) -> list[str]:
+    """A git process killed mid-update leaves its lock file behind, and every later update of
+    that ref would fail. Only for a run that nothing is running for: nobody else writes its refs."""
+    gitdir = Path(git.out(repo, "rev-parse", "--git-common-dir"))
+    if not gitdir.is_absolute():
+        gitdir = repo / gitdir
+    actions = []
+    for refdir in (gitdir / "refs" / "heads" / "agentrun" / run_id, gitdir / "refs" / "agentrun" / "rescue" / run_id):
+        for lock in sorted(refdir.rglob("*.lock")) if refdir.is_dir() else []:
+            lock.unlink(missing_ok=True)
+            actions.append(f"removed stale git lock {lock.relative_to(gitdir)}")
+    return actions
+
+
 def _repair_git(store: StateStore, run) -> list[str]:
     if not run["integration_branch"]:
         return []
     repo = Path(run["project_root"])
-    actions = []
-    # A git process killed mid-update leaves its lock file behind, and every later
-    # update of that ref would fail. Nobody else writes this run's refs.
-    gitdir = Path(git.out(repo, "rev-parse", "--git-common-dir"))
-    if not gitdir.is_absolute():
-        gitdir = repo / gitdir
-    refdir = gitdir / "refs" / "heads" / "agentrun" / run["id"]
-    for lock in sorted(refdir.glob("*.lock")) if refdir.is_dir() else []:
-        lock.unlink(missing_ok=True)
-        actions.append(f"removed stale git lock {lock.name}")
+    actions = remove_stale_ref_locks(repo, run["id"])
     for row in store.workstreams(run["id"]):
         tree = row["worktree"]
         if not tree or row["status"] == "done" or not (Path(tree) / ".git").is_file():

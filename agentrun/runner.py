@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import crashpoints, git, procs, recovery
+from . import containment, crashpoints, git, procs, recovery
 from .attempt import Completion, Job, RunContext, record_outcome
 from .backends import LocalProcessBackend, Report, Requeued, Started, WorkerLost
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SpecError, StateError, UsageError
@@ -57,6 +57,7 @@ class Prepared:
     layout: Layout
     use_git: bool
     notes: list[str]
+    base_ref: str = "HEAD"      # what the integration branch starts from
 
 
 def prepare(options: RunOptions, cwd: Path | None = None) -> Prepared:
@@ -71,12 +72,12 @@ def prepare(options: RunOptions, cwd: Path | None = None) -> Prepared:
     root = project_root(cwd)
     layout = layout_for(options.state_dir, root)
     plan = build_plan(chosen, read_history(layout, [w.id for w in chosen]))
-    use_git, notes = check_git(options, plan, root)
+    use_git, notes, base_ref = check_git(options, plan, root)
     if options.budget_usd is not None or options.budget_mode is not None:
         current = source.llm.budget
         source.llm.budget = replace(current, max_cost_usd=options.budget_usd if options.budget_usd is not None
                                     else current.max_cost_usd, mode=options.budget_mode or current.mode)
-    return Prepared(options, source, plan, root, layout, use_git, notes)
+    return Prepared(options, source, plan, root, layout, use_git, notes, base_ref)
 
 
 def preflight(settings: LLMSettings, plan: Plan) -> None:
@@ -90,8 +91,10 @@ def preflight(settings: LLMSettings, plan: Plan) -> None:
         raise SpecError(problems)
 
 
-def check_git(options: RunOptions, plan: Plan, root: Path) -> tuple[bool, list[str]]:
-    """Can this run isolate work in worktrees? Errors for settings that cannot be honoured."""
+def check_git(options: RunOptions, plan: Plan, root: Path) -> tuple[bool, list[str], str]:
+    """Can this run isolate work in worktrees, and from which commit does it start? Errors for
+    settings that cannot be honoured. With ``--into BRANCH`` the run starts from BRANCH, the
+    branch its results are for, whatever is checked out."""
     wants_tree = [w for w in plan.workstreams.values() if w.isolation == "worktree"]
     if not git.is_repo(root):
         if wants_tree:
@@ -100,12 +103,13 @@ def check_git(options: RunOptions, plan: Plan, root: Path) -> tuple[bool, list[s
                              f"repository and {root} is not one; use isolation = \"auto\" or \"none\"")
         if options.into:
             raise UsageError(f"--into: {root} is not a git repository")
-        return False, [f"{root} is not a git repository: workstreams run in place, without worktrees or merging"]
+        return False, [f"{root} is not a git repository: workstreams run in place, without worktrees or merging"], ""
     isolated = [w for w in plan.workstreams.values() if w.isolation != "none"]
     if isolated and not git.has_commits(root):
         raise UsageError(f"{root}: the git repository has no commits yet; commit once so worktrees have a "
                          "base, or set isolation = \"none\"")
     notes = []
+    base_ref = "HEAD"
     if options.into:
         if not isolated:
             raise UsageError("--into: no workstream runs in a worktree (all have isolation = \"none\"), "
@@ -119,9 +123,14 @@ def check_git(options: RunOptions, plan: Plan, root: Path) -> tuple[bool, list[s
         if holder is not None and git.dirty_files(root):
             raise UsageError(f"--into: branch '{options.into}' is checked out with uncommitted changes; "
                              "commit or stash them first")
-    if isolated and git.dirty_files(root):
+        base_ref = f"refs/heads/{options.into}"
+        if holder is None:
+            notes.append(f"--into {options.into}: the run starts from {options.into} "
+                         f"({git.rev(root, base_ref)[:12]}), not from what is checked out "
+                         f"({git.current_branch(root) or 'HEAD'})")
+    if isolated and base_ref == "HEAD" and git.dirty_files(root):
         notes.append("the working tree has uncommitted changes: workstreams start from HEAD and do not see them")
-    return bool(isolated), notes
+    return bool(isolated), notes, base_ref
 
 
 def read_history(layout: Layout, ws_ids: list[str]) -> dict[str, list[float]]:
@@ -154,7 +163,7 @@ def create_run(prep: Prepared) -> tuple[StateStore, str]:
     plan = prep.plan
     git_fields = {}
     if prep.use_git:
-        base = git.rev(prep.root, "HEAD")
+        base = git.rev(prep.root, prep.base_ref)
         branch = integration_branch(run_id)
         git.run(prep.root, "branch", branch, base)
         try:
@@ -205,6 +214,15 @@ def prepare_resume(layout: Layout, run_id: str, *, accept_changes: bool, max_wor
     if run is None:
         store.close()
         raise UsageError(f"unknown run id '{run_id}'; `agentrun recover --list` shows runs that can be resumed")
+    if run["status"] == "abandoned":
+        store.close()
+        raise UsageError(f"run {run_id} was abandoned (`agentrun clean --all` removed its integration branch); "
+                         "start a new run")
+    if run["integration_branch"] and git.rev(Path(run["project_root"]),
+                                             f"refs/heads/{run['integration_branch']}") is None:
+        store.close()
+        raise UsageError(f"run {run_id} cannot continue: its integration branch {run['integration_branch']} is gone "
+                         "(deleted by hand?); start a new run")
     recovered: list[str] = []
     if run["status"] == "running":
         report = recovery.recover(store, layout, run_id)  # refuses a live run
@@ -242,6 +260,8 @@ def prepare_resume(layout: Layout, run_id: str, *, accept_changes: bool, max_wor
                        [(run_id, w) for w in sorted(reset)])
     plan = build_plan(list(current.values()), read_history(layout, list(current)))
     claim_run(store, run_id)
+    if run["integration_branch"]:  # a git killed by a signal on the way out leaves locks (ours now)
+        recovered += recovery.remove_stale_ref_locks(Path(run["project_root"]), run_id)
     return Resumption(store, run, plan, options, notes, recovered)
 
 
@@ -375,11 +395,16 @@ class Orchestrator:
         self.sched = Scheduler(self.plan, self.options.schedule, completed=done, blocked=failed)
         already = {w for w, s in statuses.items() if s == "blocked"}
         newly_blocked = sorted(self.sched.blocked - failed - already)
+        # Orphans of a worker that dies come to the orchestrator, which kills them (see containment).
+        containment.become_subreaper()
+        self.ctx.cgroup = containment.create_run_cgroup(self.run_id)
         self.store.update_run(self.run_id, status="running", orchestrator_pid=os.getpid(),
-                              orchestrator_start=procs.proc_start_time(os.getpid()), heartbeat_at=time.time())
+                              orchestrator_start=procs.proc_start_time(os.getpid()), heartbeat_at=time.time(),
+                              cgroup=self.ctx.cgroup)
         self.store.unqueue(self.run_id, restart=True)  # what a dead orchestrator released is decided again
         self.events.emit("run_resumed" if self.resumed else "run_started", workers=self.options.max_workers,
-                         schedule=self.options.schedule, workstreams=len(self.plan.workstreams))
+                         schedule=self.options.schedule, workstreams=len(self.plan.workstreams),
+                         containment="cgroup" if self.ctx.cgroup else "subreaper")
         if newly_blocked:  # on resume: dependents of work that failed before
             self.store.set_status(self.run_id, newly_blocked, "blocked", error="a dependency failed",
                                   now=time.time())
@@ -417,6 +442,8 @@ class Orchestrator:
                 backend.cancel_all()
             for report in backend.shutdown():
                 self._on_report(report)
+            if self.ctx.cgroup is not None:
+                containment.kill_cgroup(self.ctx.cgroup)  # empty by now: every worker swept and left
             if self._newly_ready:  # became ready in the last moments; recorded, though nothing starts now
                 self._release(self._newly_ready, [])
             result = self._finish()

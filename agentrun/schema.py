@@ -209,12 +209,18 @@ def m005_lean_hot_tables(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE workstreams ADD COLUMN reserved_by TEXT")
 
 
+def m006_run_cgroup(db: sqlite3.Connection) -> None:
+    """The cgroup holding every process a run starts (see containment), for ``recover``."""
+    db.execute("ALTER TABLE runs ADD COLUMN cgroup TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_integration,
     m003_llm,
     m004_dispatch_queue,
     m005_lean_hot_tables,
+    m006_run_cgroup,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
