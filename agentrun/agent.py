@@ -18,7 +18,8 @@ from typing import Callable
 
 from . import context, edits
 from .executors import AttemptContext, ExecResult
-from .integration import in_scope
+from .edits import UnsafePath, resolve_in_root
+from .integration import literal_prefix, in_scope
 from .llm_client import redact
 from .llm_call import ContextTooLarge, LLMStop, ModelCaller
 from .models import Model
@@ -48,22 +49,44 @@ Only edit the files listed as editable. Do not explain; reply with the files onl
 }
 
 
-def expand_targets(root: Path, patterns: tuple[str, ...]) -> dict[str, str]:
-    """The files a workstream may edit: existing matches with their text; a literal path
-    that does not exist yet is offered as a new, empty file."""
-    out: dict[str, str] = {}
+def expand_targets(root: Path, patterns: tuple[str, ...], refused: list[str] | None = None) -> dict[str, str]:
+    """The files a workstream may edit, with their text: the files ``patterns`` match, and a
+    literal path that does not exist yet as a new, empty file. Nothing is read through a symlink
+    that leads out of ``root`` (or into its .git): such a file is left out, and said so in
+    ``refused``; the walk never follows a symlinked directory."""
+    found: list[str] = []
     for pattern in patterns:
         if any(c in pattern for c in "*?["):
-            for path in sorted(root.glob(pattern)):
-                if path.is_file() and ".git" not in path.relative_to(root).parts:
-                    out[str(path.relative_to(root))] = path.read_text(errors="replace")
-        else:
-            path = root / pattern
-            if path.is_file():
-                out[pattern] = path.read_text(errors="replace")
-            elif not path.exists():
-                out[pattern] = ""
+            found += [rel for rel in _walk(root, literal_prefix(pattern)) if in_scope(rel, (pattern,))]
+        else:   # a file, a directory (everything below it), or a file still to be created
+            found += _walk(root, pattern) or [pattern]
+    out: dict[str, str] = {}
+    for rel in dict.fromkeys(found):
+        try:
+            real = resolve_in_root(root, rel)
+        except UnsafePath as exc:
+            if refused is not None:
+                refused.append(str(exc))
+            continue
+        if real.is_file():
+            out[rel] = real.read_text(errors="replace")
+        elif not os.path.lexists(root / rel):
+            out[rel] = ""
     return out
+
+
+def _walk(root: Path, prefix: str) -> list[str]:
+    """Paths of the files (and symlinks) under ``root/prefix``, relative to ``root``, sorted."""
+    top = root / prefix if prefix else root
+    if top.is_symlink() or not top.is_dir():
+        return []
+    paths = []
+    for directory, dirs, files in os.walk(top):
+        dirs[:] = sorted(d for d in dirs if d != ".git")
+        rel_dir = Path(directory).relative_to(root)
+        paths += [(rel_dir / name).as_posix() for name in files]
+        paths += [(rel_dir / d).as_posix() for d in dirs if (Path(directory) / d).is_symlink()]
+    return sorted(paths)
 
 
 def task_text(ws: Workstream, editable: list[str]) -> str:
@@ -134,7 +157,10 @@ class LLMAgentExecutor:
             return ExecResult(exc.status, error=str(exc))
 
     def _execute(self, ws: Workstream) -> ExecResult:
-        targets = expand_targets(self.root, ws.files)
+        refused: list[str] = []
+        targets = expand_targets(self.root, ws.files, refused)
+        for reason in refused:
+            self.log(f"agent: not read: {reason}")
         if not targets:
             return ExecResult("failed", error=f"no file matches `files` ({', '.join(ws.files)})")
         related = []

@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Callable
 
 from . import crashpoints, policy, procs
+from .errors import AgentrunError
 from .events import EventLog
 from .executors import AttemptContext, CommandExecutor, ExecResult, Executor, run_command
 from . import git
 from .integration import (GateRunner, GitRun, Workspace, already_integrated, commit_message, free_port,
-                          integrate, leaving_path, prepare_workspace, rescue_and_remove, rescue_ref, verify)
+                          integrate, integration_tip, leaving_path, prepare_workspace, rescue_and_remove,
+                          rescue_ref, verify)
 from .layout import Layout
 from .spec import Budget, LLMSettings, Workstream
 from .state import Claimed, Finish, StateStore
@@ -315,7 +317,7 @@ class Attempt:
         if not self.ctx.isolated(self.ws):
             return False
         gr = self.ctx.git
-        commit = already_integrated(gr, self.ctx.run_id, self.ws.id, git.rev(gr.repo, gr.integration_ref))
+        commit = already_integrated(gr, self.ctx.run_id, self.ws.id, integration_tip(gr))
         if commit is None:
             return False
         self.store.mark_integrated(self.ctx.run_id, self.ws.id, commit, [])
@@ -366,7 +368,9 @@ def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events
             else:
                 result = attempt.run()
                 attempt.cleanup()
-        except Exception as exc:  # a bug or a broken repository fails the attempt, not the worker
+        except AgentrunError as exc:  # a repository that cannot be worked with (say so plainly)
+            result = ExecResult("failed", error=str(exc))
+        except Exception as exc:  # a bug fails the attempt, not the worker
             result = ExecResult("failed", error=f"internal error: {type(exc).__name__}: {exc}")
         # Before the log is settled: what is left could still write to it.
         left = sweep()

@@ -62,6 +62,14 @@ class Workspace:
     copied: list[str] = field(default_factory=list)     # untracked config copied in: never part of the result
 
 
+def integration_tip(gr: GitRun) -> str:
+    tip = git.rev(gr.repo, gr.integration_ref)
+    if tip is None:
+        raise git.GitError(f"the run's integration branch {gr.integration_branch} is gone (deleted?); "
+                           "nothing more can be integrated in this run")
+    return tip
+
+
 def rescue_and_remove(repo: Path, path: Path, ref: str) -> str | None:
     """Remove a worktree; if it holds uncommitted work, first save it under ``ref``. Returns the rescue sha."""
     sha = None
@@ -91,9 +99,7 @@ def prepare_workspace(gr: GitRun, worktrees_dir: Path, run_id: str, ws: Workstre
         saved = rescue_and_remove(gr.repo, path, rescue_ref(run_id, ws.id, f"{attempt - 1}-left"))
         if saved:
             log(f"previous worktree had uncommitted changes; saved as {rescue_ref(run_id, ws.id, f'{attempt - 1}-left')}")
-    base = git.rev(gr.repo, gr.integration_ref)
-    if base is None:
-        raise RuntimeError(f"integration branch {gr.integration_branch} is missing")
+    base = integration_tip(gr)
     branch = ws_branch(run_id, ws.id)
     git.worktree_add(gr.repo, path, branch, base)
     copied = copy_untracked(gr.repo, path, ws.copy_untracked, state_dir, log) if ws.copy_untracked else []
@@ -104,7 +110,7 @@ def copy_untracked(repo: Path, worktree: Path, patterns: tuple[str, ...], state_
     """Copy the project's untracked files (ignored ones included) that ``patterns`` match into the
     worktree, and record them there so that no commit, rescue or ref ever contains them. Raises
     ValueError for a file that would be read or written outside the project or the worktree."""
-    prefixes = {_wildcard_free_prefix(p) for p in patterns}
+    prefixes = {literal_prefix(p) for p in patterns}
     pathspecs = [] if "" in prefixes else [f":(literal){p}" for p in sorted(prefixes)]
     try:
         pathspecs.append(f":(exclude,literal){state_dir.resolve().relative_to(repo.resolve())}")
@@ -136,7 +142,7 @@ def copy_untracked(repo: Path, worktree: Path, patterns: tuple[str, ...], state_
     return copied
 
 
-def _wildcard_free_prefix(pattern: str) -> str:
+def literal_prefix(pattern: str) -> str:
     parts = []
     for part in pattern.split("/"):
         if any(c in part for c in "*?["):
@@ -151,7 +157,7 @@ def leaving_path(root: Path, ws: Workstream) -> str | None:
     through a symlink, or None. agentrun runs commands in ``cwd``, and the agent reads and writes
     ``files``: none of them may leave the worktree. Checked on the deepest part that exists."""
     entries = [("cwd", ws.cwd)] if ws.cwd else []
-    entries += [("files", _wildcard_free_prefix(p)) for p in ws.files]
+    entries += [("files", literal_prefix(p)) for p in ws.files]
     real_root = root.resolve() if entries else root
     for name, rel in entries:
         parts = [p for p in rel.split("/") if p not in ("", ".")]
@@ -249,7 +255,7 @@ def integrate(gr: GitRun, run_id: str, ws: Workstream, wsp: Workspace, gates: Ga
     from filelock import FileLock  # see git.worktree_lock
 
     with FileLock(str(gr.lock_path)):
-        tip = git.rev(gr.repo, gr.integration_ref)
+        tip = integration_tip(gr)
         done = already_integrated(gr, run_id, ws.id, tip)
         if done:
             log(f"already on the integration branch as {done[:12]}")

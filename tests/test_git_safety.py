@@ -257,3 +257,20 @@ def test_stale_ref_locks_of_an_interrupted_run_do_not_stop_resume(repo):
     assert resumed.returncode == 0, explain(resumed)
     assert not (refs / "bad.lock").exists()
     assert os.listdir(refs) == ["bad"]
+
+
+def test_an_integration_branch_deleted_mid_run_fails_work_cleanly_without_a_traceback(repo):
+    write_ws(repo / "w", "vandal", files=["a.txt"],
+             run="git branch -D -q agentrun/$AGENTRUN_RUN_ID/integration && echo x > a.txt")
+    write_ws(repo / "w", "next", files=["b.txt"], depends_on=["vandal"], run="echo b > b.txt")
+    write_ws(repo / "w", "other", files=["c.txt"], run="echo c > c.txt", priority="low")
+
+    proc = run(repo, workers=1)
+
+    assert proc.returncode == 1, explain(proc)
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stdout
+    _, rows = outcome(repo)
+    assert rows["vandal"]["status"] == "failed"
+    assert rows["next"]["status"] == "blocked"
+    assert rows["other"]["status"] == "failed"
+    assert "integration branch" in rows["other"]["error"]
