@@ -44,14 +44,22 @@ def cli() -> None:
 
 
 def _workers(parallel: bool, max_workers: int | None) -> int:
+    """-j N alone means N workers; --parallel alone, one per CPU; neither, one at a time."""
     if max_workers is not None:
-        return max_workers if parallel else 1
+        return max_workers
     return (os.cpu_count() or 2) if parallel else 1
+
+
+def _fit_workers(prep: runner.Prepared) -> runner.Prepared:
+    """Never more workers than workstreams: the run records (and reports count) the workers it can use."""
+    prep.options.max_workers = min(prep.options.max_workers, len(prep.plan.workstreams))
+    return prep
 
 
 @cli.command()
 @click.argument("source", default="waves", required=False)
-@click.option("--max-workers", type=click.IntRange(min=1), default=None, help="Workers the plan is sized for (default: CPUs).")
+@click.option("--max-workers", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Workers the plan is sized for (default: CPUs).")
 @click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="text", show_default=True)
 @click.option("--ws-id", "ws_ids", multiple=True, help="Plan only these workstreams (repeatable).")
 @click.option("--with-deps", is_flag=True, help="With --ws-id: include what they depend on.")
@@ -61,15 +69,17 @@ def plan(source, max_workers, fmt, ws_ids, with_deps, state_dir) -> None:
     """Print waves, critical path, estimated makespan and bounds for SOURCE (default: waves/)."""
     opts = runner.RunOptions(source=source, max_workers=_workers(True, max_workers), ws_ids=ws_ids,
                              with_deps=with_deps, state_dir=state_dir)
-    prep = runner.prepare(opts)
+    prep = _fit_workers(runner.prepare(opts))
     click.echo(render.render_plan(prep.plan, opts.max_workers, fmt, title=source, llm=prep.source.llm,
                                   root=prep.root))
 
 
 @cli.command()
 @click.argument("source", default="waves", required=False)
-@click.option("--parallel", is_flag=True, help="Run workstreams in parallel (default: one at a time).")
-@click.option("--max-workers", type=click.IntRange(min=1), default=None, help="Workers with --parallel (default: CPUs).")
+@click.option("--parallel", is_flag=True, help="Run workstreams in parallel, one worker per CPU "
+              "(default: one at a time).")
+@click.option("--max-workers", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Run up to N workstreams in parallel (with or without --parallel).")
 @click.option("--ws-id", "ws_ids", multiple=True, help="Run only these workstreams (repeatable).")
 @click.option("--with-deps", is_flag=True, help="With --ws-id: also run what they depend on.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="eager", show_default=True,
@@ -101,7 +111,7 @@ def run(source, parallel, max_workers, ws_ids, with_deps, schedule, fail_fast, d
     opts = runner.RunOptions(source=source, max_workers=_workers(parallel, max_workers), schedule=schedule,
                              fail_fast=fail_fast, ws_ids=ws_ids, with_deps=with_deps, state_dir=state_dir,
                              into=into, budget_usd=budget_usd, budget_mode=budget_mode)
-    prep = runner.prepare(opts)
+    prep = _fit_workers(runner.prepare(opts))
     if dry_run:
         click.echo(render.render_plan(prep.plan, opts.max_workers, "text", title=source,
                                       llm=prep.source.llm, root=prep.root))
@@ -212,7 +222,8 @@ def recover(run_id, list_only, state_dir) -> None:
 @cli.command()
 @click.argument("run_id")
 @click.option("--accept-changes", is_flag=True, help="Use edited workstream files for work not yet done.")
-@click.option("--max-workers", type=click.IntRange(min=1), default=None, help="Workers (default: as the run was started).")
+@click.option("--max-workers", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Workers (default: as the run was started).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output, only the final summary.")
 @state_dir_option
 @handle_errors

@@ -378,7 +378,9 @@ class Orchestrator:
         self.store.update_run(self.run_id, status="running", orchestrator_pid=os.getpid(),
                               orchestrator_start=procs.proc_start_time(os.getpid()), heartbeat_at=time.time())
         self.store.unqueue(self.run_id, restart=True)  # what a dead orchestrator released is decided again
-        self.events.emit("run_resumed" if self.resumed else "run_started", workers=self.options.max_workers,
+        # Never more workers than workstreams that may still run (for a resume: what is left).
+        self.ctx.max_workers = max(1, min(self.options.max_workers, len(self.sched.pending())))
+        self.events.emit("run_resumed" if self.resumed else "run_started", workers=self.ctx.max_workers,
                          schedule=self.options.schedule, workstreams=len(self.plan.workstreams))
         if newly_blocked:  # on resume: dependents of work that failed before
             self.store.set_status(self.run_id, newly_blocked, "blocked", error="a dependency failed",
@@ -386,7 +388,7 @@ class Orchestrator:
             for ws_id in newly_blocked:
                 self.events.emit("ws_blocked", ws_id, None)
         self._newly_ready = list(self.sched.initially_ready)
-        backend = LocalProcessBackend(self.ctx, self.options.max_workers,
+        backend = LocalProcessBackend(self.ctx, self.ctx.max_workers,
                                       before_fork=lambda: self.store.close(), after_fork=self._reopen)
         self.backend = backend
         last_beat = time.monotonic()
@@ -631,7 +633,7 @@ class Orchestrator:
             spent = now - self.started[w] if w in self.started else 0.0
             work += max(0.0, self.plan.estimates[w] - spent)
         longest = max(self.plan.rank[w] - (now - self.started.get(w, now)) for w in pending)
-        return max(work / self.options.max_workers, longest, 0.0)
+        return max(work / self.ctx.max_workers, longest, 0.0)
 
 
 def git_run_for(run_row, layout: Layout) -> GitRun | None:

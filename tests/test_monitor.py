@@ -322,7 +322,8 @@ def test_summary_lists_recent_runs(project):
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["run", "status", "wall", "workers", "workstreams"]
     assert lines[1].startswith(second) and lines[2].startswith(first)   # newest first
-    assert lines[1].split()[1:2] == ["failed"] and lines[1].split()[3] == "3" and "1 done, 1 failed" in lines[1]
+    # 3 workers asked for, 2 workstreams to run: 2 workers.
+    assert lines[1].split()[1:2] == ["failed"] and lines[1].split()[3] == "2" and "1 done, 1 failed" in lines[1]
     assert lines[2].split()[1:2] == ["done"] and lines[2].split()[3] == "1" and "1 done" in lines[2]
     only = monitor("--summary", first, cwd=project)
     assert only.returncode == 0 and len(only.stdout.splitlines()) == 2 and first in only.stdout

@@ -16,7 +16,7 @@ import pytest
 
 from agentrun.crashpoints import POINTS
 from agentrun.recovery import run_processes
-from conftest import agentrun, pid_alive, start_tiny_run, state, wait_for, write_ws
+from conftest import agentrun, events, pid_alive, start_tiny_run, state, wait_for, write_ws
 
 
 def git(repo: Path, *args: str) -> str:
@@ -294,3 +294,38 @@ def test_missing_state_db_is_exit_2(project, command):
     assert out.returncode == 2
     assert "no state DB" in out.stderr
     assert not (project / ".agentrun").exists()
+
+
+def _statuses(project: Path) -> dict[str, str]:
+    """Workstream statuses of the latest run, as far as it is recorded yet."""
+    try:
+        db = state(project)
+        run = db.latest_run()
+        return {w: r["status"] for w, r in db.workstreams(run["id"]).items()} if run else {}
+    except sqlite3.OperationalError:  # no DB yet
+        return {}
+
+
+def _interrupted_run(project: Path, release: Path) -> str:
+    """A 4-worker run of 3 quick workstreams and one that waits for ``release``, interrupted
+    (Ctrl-C) while that one runs; returns its id."""
+    for ws_id in ("q1", "q2", "q3"):
+        write_ws(project / "w", ws_id, run="true")
+    write_ws(project / "w", "slow", run=f"while [ ! -e {release} ]; do sleep 0.02; done")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-j", "4"], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: _statuses(project) == {"q1": "done", "q2": "done", "q3": "done", "slow": "running"})
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    return state(project).latest_run()["id"]
+
+
+def test_resume_starts_as_many_workers_as_there_is_work_left(project):
+    release = project / "release"
+    run_id = _interrupted_run(project, release)
+    release.touch()
+    out = agentrun("resume", run_id, "-j", 4, cwd=project)
+    assert out.returncode == 0, out.stdout + out.stderr
+    starts = {e["type"]: e["workers"] for e in events(project, run_id) if e["type"] in ("run_started", "run_resumed")}
+    assert starts == {"run_started": 4, "run_resumed": 1}

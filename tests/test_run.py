@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import agentrun, events, pid_alive, start_tiny_run, state, wait_for, write_ws
 
@@ -391,3 +392,39 @@ def test_event_writers_taking_turns_continue_each_others_sequence(tmp_path):
         big = {"error": "x" * (3 * TAIL_BYTES)} if i in (2, 3) else {}
         writers[i % 2].emit_all([("ws_done", f"w{i}", 1, {}), ("ws_failed", f"v{i}", 1, big)])
     assert [json.loads(line)["seq"] for line in path.read_bytes().splitlines()] == list(range(1, 13))
+
+
+def test_max_workers_alone_runs_in_parallel_with_no_more_workers_than_work(project):
+    barrier = project / "barrier"
+    barrier.mkdir()
+    release = project / "release"
+    for ws_id in ("a", "b"):
+        write_ws(project / "w", ws_id, run=f"touch {barrier}/$AGENTRUN_WS_ID; "
+                                           f"while [ ! -e {release} ]; do sleep 0.02; done")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "--max-workers", "300", "-q"],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(list(barrier.iterdir())) == 2)  # both at once: no --parallel needed
+        workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    finally:
+        release.touch()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert len(workers) == 2
+    db = state(project)
+    run = db.latest_run()
+    assert run["max_workers"] == 2
+    assert {a["lane"] for a in db.attempts(run["id"])} == {0, 1}
+    assert "workers 2" in agentrun("status", cwd=project).stdout.splitlines()[0]
+
+
+def test_j_is_short_for_max_workers_and_parallel_alone_is_one_worker_per_cpu(project):
+    for i in range(4):
+        write_ws(project / "w", f"s{i}", run="true")
+    assert "4 workstreams, 1 wave, 3 workers" in agentrun("plan", "w", "-j", 3, cwd=project).stdout
+    assert agentrun("run", "w", "--parallel", "-j", 1, cwd=project).returncode == 0
+    db = state(project)
+    run = db.latest_run()
+    assert run["max_workers"] == 1 and _max_overlap(db.attempts(run["id"])) == 1
+    assert agentrun("run", "w", "--parallel", cwd=project).returncode == 0
+    assert db.latest_run()["max_workers"] == min(os.cpu_count(), 4)
