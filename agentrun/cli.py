@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from . import recovery, render, runner, status
-from .cli_common import handle_errors, state_dir_option
+from .cli_common import ForgivingOutput, handle_errors, state_dir_option
 from .durations import format_duration
 from .errors import EXIT_FAILED, GitError, UsageError
 from .integration import fast_forward
@@ -349,6 +349,8 @@ def clean(run_id, everything, state_dir) -> None:
 
 
 def main() -> None:
+    sys.stdout = ForgivingOutput(sys.stdout)
+    sys.stderr = ForgivingOutput(sys.stderr)
     cli(standalone_mode=True)
 
 

@@ -5,13 +5,12 @@ Read-only: it opens the state DB with ``readonly=True`` and never writes.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 
 import click
 
-from .cli_common import handle_errors, state_dir_option
+from .cli_common import handle_errors, silence, state_dir_option
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, UsageError
 from .layout import layout_for, project_root
 from .monitor import follow, recent_runs, render_summary
@@ -20,15 +19,6 @@ from .status import open_readonly, resolve_run
 
 def _terminate(signum, frame):
     raise SystemExit(128 + signum)  # unwinds like Ctrl-C: the cursor comes back, the DB is closed
-
-
-def _quiet_broken_pipe() -> None:
-    """The reader went away (``monitor | head``): stop without a traceback or a flush error."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
 
 
 @click.command()
@@ -82,8 +72,8 @@ def monitor(run_id, summary, limit, web, host, port, exit_status, state_dir) -> 
             code = follow(store, layout.events_path(run["id"]), run["id"], sys.stdout, exit_status=exit_status)
     except KeyboardInterrupt:
         code = 0 if web else EXIT_INTERRUPTED
-    except BrokenPipeError:
-        _quiet_broken_pipe()
+    except BrokenPipeError:  # the reader went away (``monitor | head``)
+        silence(sys.stdout)
         code = EXIT_FAILED
     finally:
         signal.signal(signal.SIGTERM, old_term)

@@ -394,6 +394,45 @@ def test_event_writers_taking_turns_continue_each_others_sequence(tmp_path):
     assert [json.loads(line)["seq"] for line in path.read_bytes().splitlines()] == list(range(1, 13))
 
 
+def test_a_closed_stdout_never_stops_the_run(project):
+    release = project / "release"
+    for i in range(6):
+        write_ws(project / "w", f"q{i}", run="true")
+    write_ws(project / "w", "last", run=f"while [ ! -e {release} ]; do sleep 0.02; done",
+             depends_on=[f"q{i}" for i in range(6)])
+    # head takes 3 lines and exits; its group then closes the pipe and only then releases the last
+    # workstream: every line printed after that (its events, the summary) meets a closed pipe.
+    pipeline = (f"{{ {sys.executable} -m agentrun run w --parallel -j 2; echo $? > code; }} | "
+                f"{{ head -3; exec <&-; touch {release}; }}")
+    proc = subprocess.run(["sh", "-c", pipeline], cwd=project, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert len(proc.stdout.splitlines()) == 3
+    for noise in ("Traceback", "Exception ignored", "BrokenPipe", "Broken pipe", "error"):
+        assert noise not in proc.stderr, proc.stderr
+    assert (project / "code").read_text() == "0\n"
+    db = state(project)
+    run = db.latest_run()
+    assert run["status"] == "done" and run["finished_at"] is not None
+    assert {w: r["status"] for w, r in db.workstreams(run["id"]).items()} == {
+        **{f"q{i}": "done" for i in range(6)}, "last": "done"}
+    assert events(project, run["id"])[-1]["type"] == "run_finished"
+
+
+def test_commands_whose_reader_goes_away_exit_quietly(project):
+    # Enough rows that status and report outgrow a pipe's buffer while head has long gone.
+    (project / "w" / "many.toml").write_text("".join(f'[[workstream]]\nid = "n{i:04d}"\nrun = "true"\n\n'
+                                                     for i in range(1500)))
+    assert agentrun("run", "w", "-j", 2, "-q", cwd=project).returncode == 0
+    # monitor stops following once nobody reads, and says so with its exit code.
+    for command, code in (("status", 0), ("report show", 0), ("plan w", 0), ("monitor", 1)):
+        pipeline = f"{{ {sys.executable} -m agentrun {command}; echo $? > code; }} | head -1"
+        proc = subprocess.run(["sh", "-c", pipeline], cwd=project, capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+        assert len(proc.stdout.splitlines()) == 1, command
+        assert proc.stderr == "", (command, proc.stderr)
+        assert (project / "code").read_text() == f"{code}\n", command
+
+
 def test_max_workers_alone_runs_in_parallel_with_no_more_workers_than_work(project):
     barrier = project / "barrier"
     barrier.mkdir()
