@@ -28,7 +28,8 @@ def _terminate(signum, frame):
               help="With --summary: how many recent runs (default 10).")
 @click.option("--web", is_flag=True, help="Serve the live view as a web page, with /api/runs and /metrics.")
 @click.option("--host", default=None, metavar="HOST",
-              help="With --web: address to listen on (default 127.0.0.1). Any other address exposes run data.")
+              help="With --web: address to listen on (default 127.0.0.1, answering only requests for localhost "
+              "names). Any other address exposes run data.")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="With --web: port to listen on (default 8765; 0 picks a free one).")
 @click.option("--exit-status", is_flag=True, help="Exit 1 if the followed run does not end done.")
@@ -64,8 +65,7 @@ def monitor(run_id, summary, limit, web, host, port, exit_status, state_dir) -> 
             if run_id:
                 with store.snapshot():
                     resolve_run(store, run_id)
-            code = web_mod.serve(store, layout, run_id, host or web_mod.DEFAULT_HOST,
-                                 web_mod.DEFAULT_PORT if port is None else port)
+            code = web_mod.serve(store, layout, run_id, host, web_mod.DEFAULT_PORT if port is None else port)
         else:
             with store.snapshot():
                 run = resolve_run(store, run_id)
