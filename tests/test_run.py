@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+from agentrun.durations import parse_duration
 from conftest import agentrun, events, pid_alive, start_tiny_run, state, wait_for, write_ws
 
 
@@ -394,6 +396,35 @@ def test_event_writers_taking_turns_continue_each_others_sequence(tmp_path):
     assert [json.loads(line)["seq"] for line in path.read_bytes().splitlines()] == list(range(1, 13))
 
 
+def _shift_back(project, seconds: float) -> None:
+    """Move every recorded time of every run back by ``seconds``: as if the run had ended that
+    long before the command that reads it back."""
+    db = sqlite3.connect(project / ".agentrun" / "state.db")
+    with db:
+        db.execute("UPDATE runs SET created_at = created_at - ?, finished_at = finished_at - ?, "
+                   "heartbeat_at = heartbeat_at - ?", (seconds,) * 3)
+        for table in ("workstreams", "attempts"):
+            db.execute(f"UPDATE {table} SET started_at = started_at - ?, finished_at = finished_at - ?",
+                       (seconds,) * 2)
+    db.close()
+
+
+def _status_rows(text: str) -> dict[str, tuple[str, float]]:
+    """``agentrun status`` rows: ws_id -> (status, seconds in the time column)."""
+    table = text.split("\n\n", 1)[1].splitlines()[1:]
+    return {f[0]: (f[1], parse_duration(f[4])) for f in (line.split() for line in table)}
+
+
+def _statuses(project) -> dict[str, str]:
+    """Workstream statuses of the latest run, as far as it is recorded yet."""
+    try:
+        db = state(project)
+        run = db.latest_run()
+        return {w: r["status"] for w, r in db.workstreams(run["id"]).items()} if run else {}
+    except sqlite3.OperationalError:  # no DB yet
+        return {}
+
+
 def test_a_closed_stdout_never_stops_the_run(project):
     release = project / "release"
     for i in range(6):
@@ -467,3 +498,42 @@ def test_j_is_short_for_max_workers_and_parallel_alone_is_one_worker_per_cpu(pro
     assert run["max_workers"] == 1 and _max_overlap(db.attempts(run["id"])) == 1
     assert agentrun("run", "w", "--parallel", cwd=project).returncode == 0
     assert db.latest_run()["max_workers"] == min(os.cpu_count(), 4)
+
+
+def test_status_of_an_interrupted_run_stops_its_clock_at_the_end(project):
+    release = project / "release"
+    write_ws(project / "w", "quick", run="true")
+    write_ws(project / "w", "slow", run=f"while [ ! -e {release} ]; do sleep 0.02; done")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-j", "2"], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: _statuses(project) == {"quick": "done", "slow": "running"})
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    run_id = state(project).latest_run()["id"]
+    assert state(project).workstreams(run_id)["slow"]["finished_at"] is None
+    _shift_back(project, 3600)  # read back an hour after it ended
+    text = agentrun("status", cwd=project).stdout
+    assert text.startswith(f"run {run_id}  interrupted  ")
+    assert parse_duration(text.split()[3]) < 60
+    rows = _status_rows(text)
+    assert rows["slow"][0] == "interrupted" and rows["slow"][1] < 60
+
+
+def test_status_of_a_run_whose_orchestrator_died_says_so_and_stops_its_clock(project):
+    release = project / "release"
+    write_ws(project / "w", "wait", run=f"while [ ! -e {release} ]; do sleep 0.02; done")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w"], cwd=project,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: _statuses(project) == {"wait": "running"})
+        os.killpg(proc.pid, signal.SIGKILL)  # orchestrator and worker; the command lives on in its own group
+        proc.wait()
+        run_id = state(project).latest_run()["id"]
+        _shift_back(project, 3600)
+        text = agentrun("status", cwd=project).stdout
+    finally:
+        release.touch()
+    assert text.startswith(f"run {run_id}  running (orchestrator gone: agentrun recover {run_id})  ")
+    rows = _status_rows(text)
+    assert rows["wait"][0] == "running" and rows["wait"][1] < 60
