@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -130,17 +131,23 @@ def _execute(store, layout, run_id, plan, root, opts, quiet, resumed=False) -> i
     orch = runner.Orchestrator(store, layout, run_id, plan, root, opts, display=display, resumed=resumed)
     result = orch.run()
     orch.store.close()
-    return _summary(result, layout, root, opts)
+    return _summary(result, layout, root, opts, resumed)
 
 
-def _summary(result: runner.RunResult, layout, root, opts) -> int:
-    """Print the end-of-run summary; returns the exit code."""
+def _summary(result: runner.RunResult, layout, root, opts, resumed: bool = False) -> int:
+    """Print the end-of-run summary of the whole run; returns the exit code. ``result.elapsed`` is
+    the time this process ran it, which after a resume is only the last part."""
     code = result.exit_code
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
-    click.echo(f"\nrun {result.run_id} {result.status} in {format_duration(result.elapsed)}: {counts}")
     store = status.open_readonly(layout)
     try:
         run_row = store.run(result.run_id)
+        took = f"in {format_duration(result.elapsed)}"
+        if resumed:
+            since = format_duration((run_row["finished_at"] or time.time()) - run_row["created_at"])
+            took = f"{since} after it started" + (f" (this resume took {format_duration(result.elapsed)})"
+                                                   if result.elapsed else "")
+        click.echo(f"\nrun {result.run_id} {result.status} {took}: {counts}")
         rows = store.workstreams(result.run_id, "ws_id, status, error, worktree, integrated_commit")
         for r in rows:
             if r["status"] in ("failed", "conflict"):
@@ -193,11 +200,9 @@ def recover(run_id, list_only, state_dir) -> None:
         if not found:
             click.echo("every recorded run finished; nothing to recover")
         for item in found:
-            c = item.counts
             state = "crashed (orchestrator gone)" if item.crashed else "interrupted"
-            click.echo(f"{item.run['id']}  {state}  done {c.get('done', 0)}  running {c.get('running', 0)}  "
-                       f"lost {c.get('lost', 0)}  pending {c.get('pending', 0) + c.get('ready', 0)}  "
-                       f"interrupted {c.get('interrupted', 0)}")
+            counts = "  ".join(f"{s} {n}" for s, n in status.ordered_counts(item.counts))
+            click.echo(f"{item.run['id']}  {state}  {counts}")
             click.echo(f"    {item.plan()}")
         return
     status.open_readonly(layout).close()  # refuses a missing or corrupt DB before anything writes
@@ -210,13 +215,28 @@ def recover(run_id, list_only, state_dir) -> None:
             if not targets:
                 click.echo("no crashed runs; nothing to recover")
         for rid in targets:
+            run_row = store.run(rid)
+            if run_row is not None and run_row["status"] in ("done", "failed") and not _left_to_run(store, rid):
+                hint = (f" (to retry failed work, edit its files and run `agentrun resume {rid} --accept-changes`)"
+                        if run_row["status"] == "failed" else "")
+                click.echo(f"run {rid} finished {run_row['status']}: nothing to recover{hint}")
+                continue
             report = recovery.recover(store, layout, rid)
             click.echo(f"run {rid}:")
             for action in report.actions or ["nothing needed fixing"]:
                 click.echo(f"  {action}")
-            click.echo(f"  resume with: agentrun resume {rid}")
+            if _left_to_run(store, rid):
+                click.echo(f"  resume with: agentrun resume {rid}")
+            else:
+                click.echo(f"  nothing is left to run (`agentrun resume {rid}` only records the run as finished)")
     finally:
         store.close()
+
+
+def _left_to_run(store: StateStore, run_id: str) -> int:
+    """Workstreams a resume would queue again."""
+    counts = store.counts(run_id)
+    return sum(counts.get(s, 0) for s in recovery.REQUEUE)
 
 
 @cli.command()
@@ -247,7 +267,7 @@ def _resume(run_id, accept_changes, max_workers, quiet, state_dir) -> int:
         if changed:  # finished now: report it like the end of a run (and honour --into)
             return _summary(runner.RunResult(run_id, res.final_status, counts, 0.0,
                                              0 if res.final_status == "done" else EXIT_FAILED),
-                            layout, Path(res.run["project_root"]), res.options)
+                            layout, Path(res.run["project_root"]), res.options, resumed=True)
         return 0 if res.final_status == "done" else EXIT_FAILED
     return _execute(res.store, layout, run_id, res.plan, Path(res.run["project_root"]), res.options, quiet,
                     resumed=True)
