@@ -147,9 +147,7 @@ def create_run(prep: Prepared) -> tuple[StateStore, str]:
         raise StateError(f"{prep.layout.state_dir}: cannot create the state directory ({exc.strerror}); "
                          "pass a writable --state-dir") from None
     store = StateStore(prep.layout.db_path)
-    run_id = new_run_id()
-    while store.run(run_id) is not None:
-        run_id = new_run_id()
+    run_id = new_run_id(after=store.db.execute("SELECT MAX(id) FROM runs").fetchone()[0])
     prep.layout.create_run_dirs(run_id)
     plan = prep.plan
     git_fields = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from agentrun.durations import parse_duration
+from agentrun.layout import new_run_id
 from conftest import agentrun, events, pid_alive, start_tiny_run, state, wait_for, write_ws
 
 
@@ -537,3 +539,24 @@ def test_status_of_a_run_whose_orchestrator_died_says_so_and_stops_its_clock(pro
     assert text.startswith(f"run {run_id}  running (orchestrator gone: agentrun recover {run_id})  ")
     rows = _status_rows(text)
     assert rows["wait"][0] == "running" and rows["wait"][1] < 60
+
+
+def test_run_ids_sort_by_creation_within_a_second():
+    shape = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")
+    made = [new_run_id() for _ in range(20)]
+    assert made == sorted(made)
+    chained = [new_run_id()]
+    for _ in range(50):
+        chained.append(new_run_id(after=chained[-1]))
+    assert chained == sorted(chained) and len(set(chained)) == len(chained)
+    assert all(shape.fullmatch(i) for i in made + chained)
+    # A clock that stepped back behind the latest recorded id: the new one still sorts after it.
+    assert new_run_id(after="20991231-235959-ffff") == "21000101-000000-0000"
+
+
+def test_runs_started_back_to_back_sort_by_creation(project):
+    write_ws(project / "w", "a", run="true")
+    for _ in range(4):
+        assert agentrun("run", "w", "-q", cwd=project).returncode == 0
+    ids = [r["id"] for r in state(project).db.execute("SELECT id FROM runs ORDER BY created_at")]
+    assert len(ids) == 4 and ids == sorted(ids)
