@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from . import recovery, render, runner, status
-from .cli_common import handle_errors, state_dir_option
+from .cli_common import ForgivingOutput, handle_errors, state_dir_option
 from .durations import format_duration
 from .errors import EXIT_FAILED, GitError, UsageError
 from .integration import fast_forward
@@ -44,14 +45,22 @@ def cli() -> None:
 
 
 def _workers(parallel: bool, max_workers: int | None) -> int:
+    """-j N alone means N workers; --parallel alone, one per CPU; neither, one at a time."""
     if max_workers is not None:
-        return max_workers if parallel else 1
+        return max_workers
     return (os.cpu_count() or 2) if parallel else 1
+
+
+def _fit_workers(prep: runner.Prepared) -> runner.Prepared:
+    """Never more workers than workstreams: the run records (and reports count) the workers it can use."""
+    prep.options.max_workers = min(prep.options.max_workers, len(prep.plan.workstreams))
+    return prep
 
 
 @cli.command()
 @click.argument("source", default="waves", required=False)
-@click.option("--max-workers", type=click.IntRange(min=1), default=None, help="Workers the plan is sized for (default: CPUs).")
+@click.option("--max-workers", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Workers the plan is sized for (default: CPUs).")
 @click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="text", show_default=True)
 @click.option("--ws-id", "ws_ids", multiple=True, help="Plan only these workstreams (repeatable).")
 @click.option("--with-deps", is_flag=True, help="With --ws-id: include what they depend on.")
@@ -61,15 +70,17 @@ def plan(source, max_workers, fmt, ws_ids, with_deps, state_dir) -> None:
     """Print waves, critical path, estimated makespan and bounds for SOURCE (default: waves/)."""
     opts = runner.RunOptions(source=source, max_workers=_workers(True, max_workers), ws_ids=ws_ids,
                              with_deps=with_deps, state_dir=state_dir)
-    prep = runner.prepare(opts)
+    prep = _fit_workers(runner.prepare(opts))
     click.echo(render.render_plan(prep.plan, opts.max_workers, fmt, title=source, llm=prep.source.llm,
                                   root=prep.root))
 
 
 @cli.command()
 @click.argument("source", default="waves", required=False)
-@click.option("--parallel", is_flag=True, help="Run workstreams in parallel (default: one at a time).")
-@click.option("--max-workers", type=click.IntRange(min=1), default=None, help="Workers with --parallel (default: CPUs).")
+@click.option("--parallel", is_flag=True, help="Run workstreams in parallel, one worker per CPU "
+              "(default: one at a time).")
+@click.option("--max-workers", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Run up to N workstreams in parallel (with or without --parallel).")
 @click.option("--ws-id", "ws_ids", multiple=True, help="Run only these workstreams (repeatable).")
 @click.option("--with-deps", is_flag=True, help="With --ws-id: also run what they depend on.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="eager", show_default=True,
@@ -101,7 +112,7 @@ def run(source, parallel, max_workers, ws_ids, with_deps, schedule, fail_fast, d
     opts = runner.RunOptions(source=source, max_workers=_workers(parallel, max_workers), schedule=schedule,
                              fail_fast=fail_fast, ws_ids=ws_ids, with_deps=with_deps, state_dir=state_dir,
                              into=into, budget_usd=budget_usd, budget_mode=budget_mode)
-    prep = runner.prepare(opts)
+    prep = _fit_workers(runner.prepare(opts))
     if dry_run:
         click.echo(render.render_plan(prep.plan, opts.max_workers, "text", title=source,
                                       llm=prep.source.llm, root=prep.root))
@@ -120,17 +131,23 @@ def _execute(store, layout, run_id, plan, root, opts, quiet, resumed=False) -> i
     orch = runner.Orchestrator(store, layout, run_id, plan, root, opts, display=display, resumed=resumed)
     result = orch.run()
     orch.store.close()
-    return _summary(result, layout, root, opts)
+    return _summary(result, layout, root, opts, resumed)
 
 
-def _summary(result: runner.RunResult, layout, root, opts) -> int:
-    """Print the end-of-run summary; returns the exit code."""
+def _summary(result: runner.RunResult, layout, root, opts, resumed: bool = False) -> int:
+    """Print the end-of-run summary of the whole run; returns the exit code. ``result.elapsed`` is
+    the time this process ran it, which after a resume is only the last part."""
     code = result.exit_code
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
-    click.echo(f"\nrun {result.run_id} {result.status} in {format_duration(result.elapsed)}: {counts}")
     store = status.open_readonly(layout)
     try:
         run_row = store.run(result.run_id)
+        took = f"in {format_duration(result.elapsed)}"
+        if resumed:
+            since = format_duration((run_row["finished_at"] or time.time()) - run_row["created_at"])
+            took = f"{since} after it started" + (f" (this resume took {format_duration(result.elapsed)})"
+                                                   if result.elapsed else "")
+        click.echo(f"\nrun {result.run_id} {result.status} {took}: {counts}")
         rows = store.workstreams(result.run_id, "ws_id, status, error, worktree, integrated_commit")
         for r in rows:
             if r["status"] in ("failed", "conflict"):
@@ -183,11 +200,9 @@ def recover(run_id, list_only, state_dir) -> None:
         if not found:
             click.echo("every recorded run finished; nothing to recover")
         for item in found:
-            c = item.counts
             state = "crashed (orchestrator gone)" if item.crashed else "interrupted"
-            click.echo(f"{item.run['id']}  {state}  done {c.get('done', 0)}  running {c.get('running', 0)}  "
-                       f"lost {c.get('lost', 0)}  pending {c.get('pending', 0) + c.get('ready', 0)}  "
-                       f"interrupted {c.get('interrupted', 0)}")
+            counts = "  ".join(f"{s} {n}" for s, n in status.ordered_counts(item.counts))
+            click.echo(f"{item.run['id']}  {state}  {counts}")
             click.echo(f"    {item.plan()}")
         return
     status.open_readonly(layout).close()  # refuses a missing or corrupt DB before anything writes
@@ -200,19 +215,35 @@ def recover(run_id, list_only, state_dir) -> None:
             if not targets:
                 click.echo("no crashed runs; nothing to recover")
         for rid in targets:
+            run_row = store.run(rid)
+            if run_row is not None and run_row["status"] in ("done", "failed") and not _left_to_run(store, rid):
+                hint = (f" (to retry failed work, edit its files and run `agentrun resume {rid} --accept-changes`)"
+                        if run_row["status"] == "failed" else "")
+                click.echo(f"run {rid} finished {run_row['status']}: nothing to recover{hint}")
+                continue
             report = recovery.recover(store, layout, rid)
             click.echo(f"run {rid}:")
             for action in report.actions or ["nothing needed fixing"]:
                 click.echo(f"  {action}")
-            click.echo(f"  resume with: agentrun resume {rid}")
+            if _left_to_run(store, rid):
+                click.echo(f"  resume with: agentrun resume {rid}")
+            else:
+                click.echo(f"  nothing is left to run (`agentrun resume {rid}` only records the run as finished)")
     finally:
         store.close()
+
+
+def _left_to_run(store: StateStore, run_id: str) -> int:
+    """Workstreams a resume would queue again."""
+    counts = store.counts(run_id)
+    return sum(counts.get(s, 0) for s in recovery.REQUEUE)
 
 
 @cli.command()
 @click.argument("run_id")
 @click.option("--accept-changes", is_flag=True, help="Use edited workstream files for work not yet done.")
-@click.option("--max-workers", type=click.IntRange(min=1), default=None, help="Workers (default: as the run was started).")
+@click.option("--max-workers", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Workers (default: as the run was started).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output, only the final summary.")
 @state_dir_option
 @handle_errors
@@ -236,7 +267,7 @@ def _resume(run_id, accept_changes, max_workers, quiet, state_dir) -> int:
         if changed:  # finished now: report it like the end of a run (and honour --into)
             return _summary(runner.RunResult(run_id, res.final_status, counts, 0.0,
                                              0 if res.final_status == "done" else EXIT_FAILED),
-                            layout, Path(res.run["project_root"]), res.options)
+                            layout, Path(res.run["project_root"]), res.options, resumed=True)
         return 0 if res.final_status == "done" else EXIT_FAILED
     return _execute(res.store, layout, run_id, res.plan, Path(res.run["project_root"]), res.options, quiet,
                     resumed=True)
@@ -341,6 +372,8 @@ def clean(run_id, everything, state_dir) -> None:
 
 
 def main() -> None:
+    sys.stdout = ForgivingOutput(sys.stdout)
+    sys.stderr = ForgivingOutput(sys.stderr)
     cli(standalone_mode=True)
 
 

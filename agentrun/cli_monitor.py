@@ -5,13 +5,12 @@ Read-only: it opens the state DB with ``readonly=True`` and never writes.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 
 import click
 
-from .cli_common import handle_errors, state_dir_option
+from .cli_common import handle_errors, silence, state_dir_option
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, UsageError
 from .layout import layout_for, project_root
 from .monitor import follow, recent_runs, render_summary
@@ -22,15 +21,6 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)  # unwinds like Ctrl-C: the cursor comes back, the DB is closed
 
 
-def _quiet_broken_pipe() -> None:
-    """The reader went away (``monitor | head``): stop without a traceback or a flush error."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
-
-
 @click.command()
 @click.argument("run_id", required=False)
 @click.option("--summary", is_flag=True, help="Print a summary of recent runs (or of RUN_ID) and exit.")
@@ -38,7 +28,8 @@ def _quiet_broken_pipe() -> None:
               help="With --summary: how many recent runs (default 10).")
 @click.option("--web", is_flag=True, help="Serve the live view as a web page, with /api/runs and /metrics.")
 @click.option("--host", default=None, metavar="HOST",
-              help="With --web: address to listen on (default 127.0.0.1). Any other address exposes run data.")
+              help="With --web: address to listen on (default 127.0.0.1, answering only requests for localhost "
+              "names). Any other address exposes run data.")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="With --web: port to listen on (default 8765; 0 picks a free one).")
 @click.option("--exit-status", is_flag=True, help="Exit 1 if the followed run does not end done.")
@@ -74,16 +65,15 @@ def monitor(run_id, summary, limit, web, host, port, exit_status, state_dir) -> 
             if run_id:
                 with store.snapshot():
                     resolve_run(store, run_id)
-            code = web_mod.serve(store, layout, run_id, host or web_mod.DEFAULT_HOST,
-                                 web_mod.DEFAULT_PORT if port is None else port)
+            code = web_mod.serve(store, layout, run_id, host, web_mod.DEFAULT_PORT if port is None else port)
         else:
             with store.snapshot():
                 run = resolve_run(store, run_id)
             code = follow(store, layout.events_path(run["id"]), run["id"], sys.stdout, exit_status=exit_status)
     except KeyboardInterrupt:
         code = 0 if web else EXIT_INTERRUPTED
-    except BrokenPipeError:
-        _quiet_broken_pipe()
+    except BrokenPipeError:  # the reader went away (``monitor | head``)
+        silence(sys.stdout)
         code = EXIT_FAILED
     finally:
         signal.signal(signal.SIGTERM, old_term)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import calendar
 import os
-import secrets
 import subprocess
 import time
 from dataclasses import dataclass
@@ -23,9 +23,28 @@ def project_root(start: Path | None = None) -> Path:
     return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else start
 
 
-def new_run_id() -> str:
-    """Sorts by start time; safe in paths and git branch names."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+RUN_ID_TICKS = 1 << 16   # a run id's suffix counts the fraction of its second in 65536ths
+
+
+def new_run_id(after: str | None = None) -> str:
+    """``20261123-174442-125f``: the UTC second and, in 4 hex digits, the fraction of it. Safe in
+    paths and git branch names; sorts by creation, also within one second. An id that would not
+    sort after ``after`` (the latest one recorded: clocks step back, and two ids may fall in one
+    tick) is moved up to the next tick after it."""
+    ticks = int(time.time() * RUN_ID_TICKS)
+    if after is not None:
+        ticks = max(ticks, _run_id_ticks(after) + 1)
+    seconds, fraction = divmod(ticks, RUN_ID_TICKS)
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(seconds))}-{fraction:04x}"
+
+
+def _run_id_ticks(run_id: str) -> int:
+    # Older ids end in 4 random hex digits: read the same way, they still order what comes after.
+    try:
+        stamp, fraction = run_id.rsplit("-", 1)
+        return calendar.timegm(time.strptime(stamp, "%Y%m%d-%H%M%S")) * RUN_ID_TICKS + int(fraction, 16)
+    except ValueError:
+        return 0
 
 
 @dataclass(frozen=True)

@@ -528,6 +528,8 @@ class Follower:
     def _write(self, text: str) -> None:
         self.out.write(text)
         self.out.flush()
+        if getattr(self.out, "reader_gone", False):  # agentrun's stdout drops output nobody reads
+            raise BrokenPipeError("nobody reads the output any more")
 
 
 def follow(store: StateStore, events_path: str | Path, run_id: str, out: TextIO = sys.stdout, *,

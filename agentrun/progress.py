@@ -7,6 +7,7 @@ import sys
 import time
 from typing import TextIO
 
+from .cli_common import ForgivingOutput
 from .durations import format_duration
 from .events import read_events
 
@@ -30,18 +31,25 @@ def format_event(rec: dict) -> str:
     return "  ".join(str(p) for p in parts)
 
 
+def forgiving(out: TextIO) -> ForgivingOutput:
+    """A display must never stop the run it shows: the orchestrator calls it from its loop."""
+    return out if isinstance(out, ForgivingOutput) else ForgivingOutput(out)
+
+
 class PlainDisplay:
-    """Follows the run's event log and prints each new record as a line."""
+    """Follows the run's event log and prints each new record as a line (until nobody reads them)."""
 
     interval = 1.0
 
     def __init__(self, events_path, out: TextIO = sys.stdout):
         self.path = events_path
-        self.out = out
+        self.out = forgiving(out)
         # A resumed run appends to its log: show only what happens from now on.
         self.offset = os.path.getsize(events_path) if os.path.exists(events_path) else 0
 
     def update(self, orch, force: bool = False) -> None:
+        if self.out.reader_gone:
+            return
         try:
             records, self.offset, _ = read_events(self.path, self.offset)
         except FileNotFoundError:
@@ -57,14 +65,14 @@ class LiveDisplay:
     interval = 0.25
 
     def __init__(self, out: TextIO = sys.stdout, max_rows: int = 12):
-        self.out = out
+        self.out = forgiving(out)
         self.max_rows = max_rows
         self.lines_drawn = 0
         self.last = 0.0
 
     def update(self, orch, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self.last < self.interval:
+        if self.out.reader_gone or (not force and now - self.last < self.interval):
             return
         self.last = now
         sched = orch.sched

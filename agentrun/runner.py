@@ -156,9 +156,7 @@ def create_run(prep: Prepared) -> tuple[StateStore, str]:
         raise StateError(f"{prep.layout.state_dir}: cannot create the state directory ({exc.strerror}); "
                          "pass a writable --state-dir") from None
     store = StateStore(prep.layout.db_path)
-    run_id = new_run_id()
-    while store.run(run_id) is not None:
-        run_id = new_run_id()
+    run_id = new_run_id(after=store.db.execute("SELECT MAX(id) FROM runs").fetchone()[0])
     prep.layout.create_run_dirs(run_id)
     plan = prep.plan
     git_fields = {}
@@ -402,7 +400,9 @@ class Orchestrator:
                               orchestrator_start=procs.proc_start_time(os.getpid()), heartbeat_at=time.time(),
                               cgroup=self.ctx.cgroup)
         self.store.unqueue(self.run_id, restart=True)  # what a dead orchestrator released is decided again
-        self.events.emit("run_resumed" if self.resumed else "run_started", workers=self.options.max_workers,
+        # Never more workers than workstreams that may still run (for a resume: what is left).
+        self.ctx.max_workers = max(1, min(self.options.max_workers, len(self.sched.pending())))
+        self.events.emit("run_resumed" if self.resumed else "run_started", workers=self.ctx.max_workers,
                          schedule=self.options.schedule, workstreams=len(self.plan.workstreams),
                          containment="cgroup" if self.ctx.cgroup else "subreaper")
         if newly_blocked:  # on resume: dependents of work that failed before
@@ -411,7 +411,7 @@ class Orchestrator:
             for ws_id in newly_blocked:
                 self.events.emit("ws_blocked", ws_id, None)
         self._newly_ready = list(self.sched.initially_ready)
-        backend = LocalProcessBackend(self.ctx, self.options.max_workers,
+        backend = LocalProcessBackend(self.ctx, self.ctx.max_workers,
                                       before_fork=lambda: self.store.close(), after_fork=self._reopen)
         self.backend = backend
         last_beat = time.monotonic()
@@ -658,7 +658,7 @@ class Orchestrator:
             spent = now - self.started[w] if w in self.started else 0.0
             work += max(0.0, self.plan.estimates[w] - spent)
         longest = max(self.plan.rank[w] - (now - self.started.get(w, now)) for w in pending)
-        return max(work / self.options.max_workers, longest, 0.0)
+        return max(work / self.ctx.max_workers, longest, 0.0)
 
 
 def git_run_for(run_row, layout: Layout) -> GitRun | None:

@@ -29,24 +29,49 @@ def resolve_run(store: StateStore, run_id: str | None):
     return row
 
 
+def stopped_at(run, crashed: bool) -> float | None:
+    """When a run that is over stopped working (None while it runs): its last heartbeat, which an
+    orchestrator that finished stamped with the end and one that died stopped stamping, never later
+    than its recorded end (``recover`` records the end when it reconciles, maybe hours later)."""
+    if crashed:
+        return run["heartbeat_at"] or run["created_at"]
+    if run["status"] == "running":
+        return None
+    return min(t for t in (run["heartbeat_at"], run["finished_at"]) if t)
+
+
 def render_status(store: StateStore, run_id: str | None) -> str:
+    # Not at the top: recovery loads the worker machinery, which the monitor and the reports
+    # (importing this module) do without.
+    from .recovery import is_crashed
+
     with store.snapshot():
         run = resolve_run(store, run_id)
         rows = store.workstreams(run["id"])
         counts = store.counts(run["id"])
-    end = run["finished_at"] or time.time()
-    head = (f"run {run['id']}  {run['status']}  {format_duration(end - run['created_at'])}  "
+    crashed = is_crashed(run)
+    stopped = stopped_at(run, crashed)
+    now = time.time()
+    state = f"running (orchestrator gone: agentrun recover {run['id']})" if crashed else run["status"]
+    head = (f"run {run['id']}  {state}  "
+            f"{format_duration((run['finished_at'] or stopped or now) - run['created_at'])}  "
             f"workers {run['max_workers']}  schedule {run['schedule']}")
-    count_line = "  ".join(f"{s} {counts[s]}" for s in STATUS_ORDER if counts.get(s))
+    count_line = "  ".join(f"{s} {n}" for s, n in ordered_counts(counts))
     lines = [head, count_line, "", f"{'workstream':<32} {'status':<11} {'try':>3} {'wave':>4} {'time':>8}  note"]
     for r in rows:
         took = None
-        if r["started_at"]:
-            took = (r["finished_at"] or time.time()) - r["started_at"]
+        if r["started_at"]:  # unfinished work of a run that is over stopped with the run
+            took = max(0.0, (r["finished_at"] or stopped or now) - r["started_at"])
         note = (r["error"] or "").splitlines()[0][:60] if r["error"] else ""
         lines.append(f"{r['ws_id']:<32} {r['status']:<11} {r['attempt']:>3} {r['wave'] + 1:>4} "
                      f"{format_duration(took):>8}  {note}")
     return "\n".join(lines)
+
+
+def ordered_counts(counts: dict[str, int]) -> list[tuple[str, int]]:
+    """(status, number) for every status present, in STATUS_ORDER, then any other status."""
+    other = sorted(s for s in counts if s not in STATUS_ORDER)
+    return [(s, counts[s]) for s in (*STATUS_ORDER, *other) if counts.get(s)]
 
 
 def log_path(store: StateStore, run_id: str, ws_id: str, attempt: int | None) -> Path | None:

@@ -8,6 +8,9 @@ DB connection, used under a lock by the request threads.
 Routes: ``/`` (the run given on the command line, else the latest),
 ``/runs/<id>``, ``/api/runs``, ``/api/runs/<id>`` (``latest`` works too),
 ``/metrics``. Anything else is a 404.
+
+Only requests for a name this server answers to get an answer (``HostPolicy``),
+so that a web page cannot read run data by DNS rebinding; others get a 421.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from __future__ import annotations
 import html
 import ipaddress
 import json
+import re
 import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -359,12 +364,66 @@ setTimeout(tick, 2000);
 
 
 # --- the server ------------------------------------------------------------------------
+# A Host header: a name or IPv4 address, or an IPv6 address in brackets; then maybe a port.
+_HOST_HEADER = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::[0-9]{1,5})?")
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """Which ``Host`` headers the monitor answers: the defence against DNS rebinding, where a page
+    from evil.example.com re-points its own name at 127.0.0.1 and reads what comes back.
+
+    Always: loopback names and addresses (``localhost``, ``*.localhost``, 127.0.0.0/8, ``[::1]``),
+    which nobody outside this machine can point anywhere. With ``--host H``: also H as given. With
+    ``--host 0.0.0.0`` or ``::`` (every interface: exposure the user chose): also any IP address (a
+    page whose origin is an address is no rebinding) and this machine's host names; other names
+    are still refused. A request without a Host header (HTTP/1.0) is answered only when it comes
+    from this machine.
+    """
+
+    names: frozenset[str] = frozenset()     # answered besides loopback names
+    any_address: bool = False
+
+    @classmethod
+    def for_listen(cls, listen: str | None) -> HostPolicy:
+        """The policy for ``--host listen`` (None: not given)."""
+        if listen is None:
+            return cls()
+        address = _address(listen)
+        if address is not None and address.is_unspecified:
+            return cls(frozenset(_normal(n) for n in (socket.gethostname(), socket.getfqdn()) if n), any_address=True)
+        return cls(frozenset({_normal(listen)}))
+
+    def allows(self, hosts: list[str], client: str) -> bool:
+        """``hosts``: the request's Host headers; ``client``: the address it came from."""
+        if not hosts:
+            return is_loopback(client)
+        match = _HOST_HEADER.fullmatch(hosts[0].strip().lower()) if len(hosts) == 1 else None
+        if match is None:
+            return False
+        name = _normal(match["v6"] or match["name"])
+        return is_loopback(name) or name in self.names or (self.any_address and _address(name) is not None)
+
+
+def _normal(host: str) -> str:
+    return host.strip().strip("[]").lower().rstrip(".")
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(_normal(host))
+    except ValueError:
+        return None
+
+
 class MonitorServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], store: StateStore, layout: Layout, run_id: str | None):
+    def __init__(self, address: tuple[str, int], store: StateStore, layout: Layout, run_id: str | None,
+                 hosts: HostPolicy = HostPolicy()):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
+        self.hosts = hosts
         self.store = store
         self.layout = layout
         self.run_id = run_id
@@ -437,10 +496,14 @@ class Handler(BaseHTTPRequestHandler):
         self._serve(body=False)
 
     def _serve(self, body: bool) -> None:
-        try:
-            status, ctype, text = self.server.route(self.path)
-        except Exception as exc:  # e.g. the DB became unreadable: an error response, not a traceback
-            status, ctype, text = 500, JSON_TYPE, _dumps({"error": f"{type(exc).__name__}: {exc}"})
+        if not self.server.hosts.allows(self.headers.get_all("Host") or [], self.client_address[0]):
+            status, ctype, text = 421, TEXT_TYPE, ("421 misdirected request: this monitor answers only requests "
+                                                  "for the names it serves (localhost by default)\n")
+        else:
+            try:
+                status, ctype, text = self.server.route(self.path)
+            except Exception as exc:  # e.g. the DB became unreadable: an error response, not a traceback
+                status, ctype, text = 500, JSON_TYPE, _dumps({"error": f"{type(exc).__name__}: {exc}"})
         data = text.encode()
         try:
             self.send_response(status)
@@ -469,23 +532,29 @@ def _int(query: dict[str, list[str]], key: str, default: int) -> int:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """A name or address that can only mean this machine."""
+    name = _normal(host)
+    if name == "localhost" or name.endswith(".localhost"):
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
+    address = _address(name)
+    if address is None:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1: a client of a dual-stack server
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def url_for(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def serve(store: StateStore, layout: Layout, run_id: str | None, host: str = DEFAULT_HOST,
+def serve(store: StateStore, layout: Layout, run_id: str | None, host: str | None = None,
           port: int = DEFAULT_PORT, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Serve until interrupted; the first line of ``out`` is the URL. Returns the exit code (0)."""
+    """Serve until interrupted, on ``host`` (None: DEFAULT_HOST, answering loopback names only); the
+    first line of ``out`` is the URL. Returns the exit code (0)."""
+    hosts = HostPolicy.for_listen(host)
+    host = host or DEFAULT_HOST
     try:
-        server = MonitorServer((host, port), store, layout, run_id)
+        server = MonitorServer((host, port), store, layout, run_id, hosts)
     except OSError as exc:
         raise UsageError(f"--host/--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     try:

@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import signal
+import socket
 import sqlite3
 import struct
 import subprocess
@@ -322,7 +323,8 @@ def test_summary_lists_recent_runs(project):
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["run", "status", "wall", "workers", "workstreams"]
     assert lines[1].startswith(second) and lines[2].startswith(first)   # newest first
-    assert lines[1].split()[1:2] == ["failed"] and lines[1].split()[3] == "3" and "1 done, 1 failed" in lines[1]
+    # 3 workers asked for, 2 workstreams to run: 2 workers.
+    assert lines[1].split()[1:2] == ["failed"] and lines[1].split()[3] == "2" and "1 done, 1 failed" in lines[1]
     assert lines[2].split()[1:2] == ["done"] and lines[2].split()[3] == "1" and "1 done" in lines[2]
     only = monitor("--summary", first, cwd=project)
     assert only.returncode == 0 and len(only.stdout.splitlines()) == 2 and first in only.stdout
@@ -388,6 +390,82 @@ def test_web_serves_the_page_the_api_and_metrics(project):
     assert out.wait_closed().splitlines() == [url]      # nothing printed per request
     assert server.stderr.read() == ""
     assert snapshot_dir(project / ".agentrun") == before
+
+
+def raw_get(port: int, path: str, *hosts: str) -> tuple[int, str]:
+    """GET ``path`` from 127.0.0.1:``port`` with exactly these Host headers (none: HTTP/1.0)."""
+    version = "HTTP/1.1" if hosts else "HTTP/1.0"
+    head = f"GET {path} {version}\r\n" + "".join(f"Host: {h}\r\n" for h in hosts) + "Connection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head.encode())
+        data = b"".join(iter(lambda: conn.recv(65536), b""))
+    return int(data.split(b" ", 2)[1]), data.decode()
+
+
+def test_web_answers_only_requests_for_loopback_names(project):
+    write_ws(project / "w", "alpha", run="true")
+    agentrun("run", "w", cwd=project)
+    run_id = state(project).latest_run()["id"]
+    server = start(monitor_argv("--web", "--port", 0), project)
+    out = Output(server.stdout)
+    try:
+        url = out.wait_for(lambda t: "\n" in t).splitlines()[0]
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        for path in ("/", f"/runs/{run_id}", "/api/runs", f"/api/runs/{run_id}", "/metrics"):
+            for hosts in (["evil.example.com"], [f"evil.example.com:{port}"], ["127.0.0.1.evil.example.com"],
+                          ["localhost@evil.example.com"], ["10.0.0.1"], ["localhost", "evil.example.com"]):
+                code, reply = raw_get(port, path, *hosts)
+                assert code == 421 and run_id not in reply, (path, hosts)
+            for hosts in ([f"127.0.0.1:{port}"], ["localhost"], [f"localhost:{port}"], [f"[::1]:{port}"],
+                          ["127.0.0.2"], ["monitor.localhost"], []):
+                code, reply = raw_get(port, path, *hosts)
+                assert code == 200 and run_id in reply, (path, hosts)
+    finally:
+        server.send_signal(signal.SIGINT)
+        code = server.wait(timeout=30)
+    assert code == 0 and server.stderr.read() == ""
+
+
+def test_web_on_every_interface_still_refuses_foreign_names(project):
+    write_ws(project / "w", "alpha", run="true")
+    agentrun("run", "w", cwd=project)
+    run_id = state(project).latest_run()["id"]
+    server = start(monitor_argv("--web", "--port", 0, "--host", "0.0.0.0"), project)
+    out = Output(server.stdout)
+    try:
+        url = out.wait_for(lambda t: "\n" in t).splitlines()[0]
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        assert raw_get(port, "/api/runs", "evil.example.com")[0] == 421
+        for host in (f"192.0.2.7:{port}", socket.gethostname(), "localhost"):
+            code, reply = raw_get(port, "/api/runs", host)
+            assert code == 200 and run_id in reply, host
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+    assert "warning: listening on 0.0.0.0" in server.stderr.read()
+
+
+@pytest.mark.parametrize("listen, hosts, client, allowed", [
+    (None, ["localhost:8765"], "127.0.0.1", True),
+    (None, ["LOCALHOST."], "127.0.0.1", True),
+    (None, ["127.255.0.1"], "127.0.0.1", True),
+    (None, ["[::1]"], "::1", True),
+    (None, [], "127.0.0.1", True),
+    (None, [], "::ffff:127.0.0.1", True),
+    (None, ["evil.example.com"], "127.0.0.1", False),
+    (None, ["[::1]x"], "127.0.0.1", False),
+    (None, ["localhost:99999999"], "127.0.0.1", False),
+    ("192.0.2.7", ["192.0.2.7:8765"], "192.0.2.9", True),
+    ("192.0.2.7", ["192.0.2.8:8765"], "192.0.2.9", False),
+    ("192.0.2.7", [], "192.0.2.9", False),
+    ("monitor.example.org", ["Monitor.Example.Org:8765"], "192.0.2.9", True),
+    ("monitor.example.org", ["evil.example.com"], "192.0.2.9", False),
+    ("::", ["[2001:db8::1]:8765"], "2001:db8::2", True),
+    ("::", ["evil.example.com"], "2001:db8::2", False),
+])
+def test_host_policy(listen, hosts, client, allowed):
+    from agentrun.web import HostPolicy
+    assert HostPolicy.for_listen(listen).allows(hosts, client) is allowed
 
 
 def _check_exposition(text: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -15,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from agentrun.crashpoints import POINTS
+from agentrun.durations import parse_duration
 from agentrun.recovery import run_processes
-from conftest import agentrun, pid_alive, start_tiny_run, state, wait_for, write_ws
+from conftest import agentrun, events, pid_alive, start_tiny_run, state, wait_for, write_ws
 
 
 def git(repo: Path, *args: str) -> str:
@@ -294,3 +296,99 @@ def test_missing_state_db_is_exit_2(project, command):
     assert out.returncode == 2
     assert "no state DB" in out.stderr
     assert not (project / ".agentrun").exists()
+
+
+def _statuses(project: Path) -> dict[str, str]:
+    """Workstream statuses of the latest run, as far as it is recorded yet."""
+    try:
+        db = state(project)
+        run = db.latest_run()
+        return {w: r["status"] for w, r in db.workstreams(run["id"]).items()} if run else {}
+    except sqlite3.OperationalError:  # no DB yet
+        return {}
+
+
+def _interrupted_run(project: Path, release: Path) -> str:
+    """A 4-worker run of 3 quick workstreams and one that waits for ``release``, interrupted
+    (Ctrl-C) while that one runs; returns its id."""
+    for ws_id in ("q1", "q2", "q3"):
+        write_ws(project / "w", ws_id, run="true")
+    write_ws(project / "w", "slow", run=f"while [ ! -e {release} ]; do sleep 0.02; done")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-j", "4"], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: _statuses(project) == {"q1": "done", "q2": "done", "q3": "done", "slow": "running"})
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    return state(project).latest_run()["id"]
+
+
+def test_resume_starts_as_many_workers_as_there_is_work_left(project):
+    release = project / "release"
+    run_id = _interrupted_run(project, release)
+    release.touch()
+    out = agentrun("resume", run_id, "-j", 4, cwd=project)
+    assert out.returncode == 0, out.stdout + out.stderr
+    starts = {e["type"]: e["workers"] for e in events(project, run_id) if e["type"] in ("run_started", "run_resumed")}
+    assert starts == {"run_started": 4, "run_resumed": 1}
+
+
+def test_the_summary_after_resume_is_the_whole_runs(project):
+    release = project / "release"
+    run_id = _interrupted_run(project, release)
+    release.touch()
+    out = agentrun("resume", run_id, cwd=project)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(line for line in out.stdout.splitlines() if line.startswith(f"run {run_id} "))
+    match = re.fullmatch(rf"run {run_id} done (\S+) after it started \(this resume took (\S+)\): 4 done", line)
+    assert match, line
+    run = state(project).latest_run()
+    since, this_part = (parse_duration(g) for g in match.groups())
+    assert this_part <= since
+    assert abs(since - (run["finished_at"] - run["created_at"])) < 0.1
+
+
+def test_recover_list_counts_every_unfinished_status(project):
+    release = project / "release"
+    write_ws(project / "w", "flaky", run="exit 1", retries=1, retry_backoff="1h")
+    write_ws(project / "w", "wait", run=f"while [ ! -e {release} ]; do sleep 0.02; done")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-j", "2"], cwd=project,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: _statuses(project) == {"flaky": "retrying", "wait": "running"})
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        release.touch()
+    run_id = state(project).latest_run()["id"]
+    listed = agentrun("recover", "--list", cwd=project)
+    assert listed.returncode == 0, listed.stderr
+    assert f"{run_id}  crashed (orchestrator gone)  running 1  retrying 1\n" in listed.stdout
+    assert "2 queued again" in listed.stdout
+
+
+@pytest.mark.parametrize("second", ["true", "exit 1"])
+def test_recover_of_a_finished_run_has_nothing_to_do(project, second):
+    write_ws(project / "w", "a", run="true")
+    write_ws(project / "w", "b", run=second, depends_on=["a"])
+    agentrun("run", "w", cwd=project)
+    db = state(project)
+    run = db.latest_run()
+    db.close()
+    assert run["status"] == ("done" if second == "true" else "failed")
+    before = snapshot(project)
+    out = agentrun("recover", run["id"], cwd=project)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"run {run['id']} finished {run['status']}: nothing to recover")
+    assert "resume with" not in out.stdout
+    assert snapshot(project) == before
+
+
+def snapshot(project: Path) -> tuple[list[str], dict[str, bytes]]:
+    """The state DB's rows and every other file of the state directory."""
+    db = sqlite3.connect(project / ".agentrun" / "state.db")
+    rows = list(db.iterdump())
+    db.close()
+    files = {str(p.relative_to(project)): p.read_bytes() for p in sorted((project / ".agentrun").rglob("*"))
+             if p.is_file() and not p.name.startswith("state.db")}
+    return rows, files

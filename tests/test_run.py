@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
+from agentrun.durations import parse_duration
+from agentrun.layout import new_run_id
 from conftest import agentrun, events, pid_alive, start_tiny_run, state, wait_for, write_ws
 
 
@@ -391,3 +396,167 @@ def test_event_writers_taking_turns_continue_each_others_sequence(tmp_path):
         big = {"error": "x" * (3 * TAIL_BYTES)} if i in (2, 3) else {}
         writers[i % 2].emit_all([("ws_done", f"w{i}", 1, {}), ("ws_failed", f"v{i}", 1, big)])
     assert [json.loads(line)["seq"] for line in path.read_bytes().splitlines()] == list(range(1, 13))
+
+
+def _shift_back(project, seconds: float) -> None:
+    """Move every recorded time of every run back by ``seconds``: as if the run had ended that
+    long before the command that reads it back."""
+    db = sqlite3.connect(project / ".agentrun" / "state.db")
+    with db:
+        db.execute("UPDATE runs SET created_at = created_at - ?, finished_at = finished_at - ?, "
+                   "heartbeat_at = heartbeat_at - ?", (seconds,) * 3)
+        for table in ("workstreams", "attempts"):
+            db.execute(f"UPDATE {table} SET started_at = started_at - ?, finished_at = finished_at - ?",
+                       (seconds,) * 2)
+    db.close()
+
+
+def _status_rows(text: str) -> dict[str, tuple[str, float]]:
+    """``agentrun status`` rows: ws_id -> (status, seconds in the time column)."""
+    table = text.split("\n\n", 1)[1].splitlines()[1:]
+    return {f[0]: (f[1], parse_duration(f[4])) for f in (line.split() for line in table)}
+
+
+def _statuses(project) -> dict[str, str]:
+    """Workstream statuses of the latest run, as far as it is recorded yet."""
+    try:
+        db = state(project)
+        run = db.latest_run()
+        return {w: r["status"] for w, r in db.workstreams(run["id"]).items()} if run else {}
+    except sqlite3.OperationalError:  # no DB yet
+        return {}
+
+
+def test_a_closed_stdout_never_stops_the_run(project):
+    release = project / "release"
+    for i in range(6):
+        write_ws(project / "w", f"q{i}", run="true")
+    write_ws(project / "w", "last", run=f"while [ ! -e {release} ]; do sleep 0.02; done",
+             depends_on=[f"q{i}" for i in range(6)])
+    # head takes 3 lines and exits; its group then closes the pipe and only then releases the last
+    # workstream: every line printed after that (its events, the summary) meets a closed pipe.
+    pipeline = (f"{{ {sys.executable} -m agentrun run w --parallel -j 2; echo $? > code; }} | "
+                f"{{ head -3; exec <&-; touch {release}; }}")
+    proc = subprocess.run(["sh", "-c", pipeline], cwd=project, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert len(proc.stdout.splitlines()) == 3
+    for noise in ("Traceback", "Exception ignored", "BrokenPipe", "Broken pipe", "error"):
+        assert noise not in proc.stderr, proc.stderr
+    assert (project / "code").read_text() == "0\n"
+    db = state(project)
+    run = db.latest_run()
+    assert run["status"] == "done" and run["finished_at"] is not None
+    assert {w: r["status"] for w, r in db.workstreams(run["id"]).items()} == {
+        **{f"q{i}": "done" for i in range(6)}, "last": "done"}
+    assert events(project, run["id"])[-1]["type"] == "run_finished"
+
+
+def test_commands_whose_reader_goes_away_exit_quietly(project):
+    # Enough rows that status and report outgrow a pipe's buffer while head has long gone.
+    (project / "w" / "many.toml").write_text("".join(f'[[workstream]]\nid = "n{i:04d}"\nrun = "true"\n\n'
+                                                     for i in range(1500)))
+    assert agentrun("run", "w", "-j", 2, "-q", cwd=project).returncode == 0
+    # monitor stops following once nobody reads, and says so with its exit code.
+    for command, code in (("status", 0), ("report show", 0), ("plan w", 0), ("monitor", 1)):
+        pipeline = f"{{ {sys.executable} -m agentrun {command}; echo $? > code; }} | head -1"
+        proc = subprocess.run(["sh", "-c", pipeline], cwd=project, capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+        assert len(proc.stdout.splitlines()) == 1, command
+        assert proc.stderr == "", (command, proc.stderr)
+        assert (project / "code").read_text() == f"{code}\n", command
+
+
+def test_max_workers_alone_runs_in_parallel_with_no_more_workers_than_work(project):
+    barrier = project / "barrier"
+    barrier.mkdir()
+    release = project / "release"
+    for ws_id in ("a", "b"):
+        write_ws(project / "w", ws_id, run=f"touch {barrier}/$AGENTRUN_WS_ID; "
+                                           f"while [ ! -e {release} ]; do sleep 0.02; done")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "--max-workers", "300", "-q"],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(list(barrier.iterdir())) == 2)  # both at once: no --parallel needed
+        workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    finally:
+        release.touch()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert len(workers) == 2
+    db = state(project)
+    run = db.latest_run()
+    assert run["max_workers"] == 2
+    assert {a["lane"] for a in db.attempts(run["id"])} == {0, 1}
+    assert "workers 2" in agentrun("status", cwd=project).stdout.splitlines()[0]
+
+
+def test_j_is_short_for_max_workers_and_parallel_alone_is_one_worker_per_cpu(project):
+    for i in range(4):
+        write_ws(project / "w", f"s{i}", run="true")
+    assert "4 workstreams, 1 wave, 3 workers" in agentrun("plan", "w", "-j", 3, cwd=project).stdout
+    assert agentrun("run", "w", "--parallel", "-j", 1, cwd=project).returncode == 0
+    db = state(project)
+    run = db.latest_run()
+    assert run["max_workers"] == 1 and _max_overlap(db.attempts(run["id"])) == 1
+    assert agentrun("run", "w", "--parallel", cwd=project).returncode == 0
+    assert db.latest_run()["max_workers"] == min(os.cpu_count(), 4)
+
+
+def test_status_of_an_interrupted_run_stops_its_clock_at_the_end(project):
+    release = project / "release"
+    write_ws(project / "w", "quick", run="true")
+    write_ws(project / "w", "slow", run=f"while [ ! -e {release} ]; do sleep 0.02; done")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-j", "2"], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: _statuses(project) == {"quick": "done", "slow": "running"})
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    run_id = state(project).latest_run()["id"]
+    assert state(project).workstreams(run_id)["slow"]["finished_at"] is None
+    _shift_back(project, 3600)  # read back an hour after it ended
+    text = agentrun("status", cwd=project).stdout
+    assert text.startswith(f"run {run_id}  interrupted  ")
+    assert parse_duration(text.split()[3]) < 60
+    rows = _status_rows(text)
+    assert rows["slow"][0] == "interrupted" and rows["slow"][1] < 60
+
+
+def test_status_of_a_run_whose_orchestrator_died_says_so_and_stops_its_clock(project):
+    release = project / "release"
+    write_ws(project / "w", "wait", run=f"while [ ! -e {release} ]; do sleep 0.02; done")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w"], cwd=project,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: _statuses(project) == {"wait": "running"})
+        os.killpg(proc.pid, signal.SIGKILL)  # orchestrator and worker; the command lives on in its own group
+        proc.wait()
+        run_id = state(project).latest_run()["id"]
+        _shift_back(project, 3600)
+        text = agentrun("status", cwd=project).stdout
+    finally:
+        release.touch()
+    assert text.startswith(f"run {run_id}  running (orchestrator gone: agentrun recover {run_id})  ")
+    rows = _status_rows(text)
+    assert rows["wait"][0] == "running" and rows["wait"][1] < 60
+
+
+def test_run_ids_sort_by_creation_within_a_second():
+    shape = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")
+    made = [new_run_id() for _ in range(20)]
+    assert made == sorted(made)
+    chained = [new_run_id()]
+    for _ in range(50):
+        chained.append(new_run_id(after=chained[-1]))
+    assert chained == sorted(chained) and len(set(chained)) == len(chained)
+    assert all(shape.fullmatch(i) for i in made + chained)
+    # A clock that stepped back behind the latest recorded id: the new one still sorts after it.
+    assert new_run_id(after="20991231-235959-ffff") == "21000101-000000-0000"
+
+
+def test_runs_started_back_to_back_sort_by_creation(project):
+    write_ws(project / "w", "a", run="true")
+    for _ in range(4):
+        assert agentrun("run", "w", "-q", cwd=project).returncode == 0
+    ids = [r["id"] for r in state(project).db.execute("SELECT id FROM runs ORDER BY created_at")]
+    assert len(ids) == 4 and ids == sorted(ids)
