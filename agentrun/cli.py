@@ -216,6 +216,9 @@ def recover(run_id, list_only, state_dir) -> None:
                 click.echo("no crashed runs; nothing to recover")
         for rid in targets:
             run_row = store.run(rid)
+            if run_row is not None and run_row["status"] == "abandoned":
+                click.echo(f"run {rid} was abandoned: nothing to recover")
+                continue
             if run_row is not None and run_row["status"] in ("done", "failed") and not _left_to_run(store, rid):
                 hint = (f" (to retry failed work, edit its files and run `agentrun resume {rid} --accept-changes`)"
                         if run_row["status"] == "failed" else "")
