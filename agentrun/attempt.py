@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import crashpoints, policy, procs
+from . import crashpoints, policy, procs, redaction
 from .events import EventLog
 from .executors import AttemptContext, CommandExecutor, ExecResult, Executor, run_command
 from . import git
@@ -71,6 +71,11 @@ class RunContext:
         self.logs_dir = str(self.layout.logs_dir(self.run_id))
         self._lanes: dict[int, tuple[str, str]] = {}
         self._spool: tuple[int, str] | None = None
+        # API keys stay with the code that calls the model: commands, setup and gates get a
+        # workstream's ``secrets`` back by name, and nothing else of them.
+        names = redaction.secret_names(self.llm.models if self.llm is not None else None)
+        self.secrets = redaction.run_secrets(names, self.base_env)
+        self.command_env = {k: v for k, v in self.base_env.items() if k not in names}
 
     def isolated(self, ws: Workstream) -> bool:
         return self.git is not None and ws.isolation != "none"
@@ -138,13 +143,10 @@ def conversation_path(layout: Layout, run_id: str, ws_id: str, attempt: int) -> 
 
 def attempt_env(ctx: RunContext, ws: Workstream, attempt: int, workdir: Path, conflict_files: list[str],
                 lane: int) -> dict[str, str]:
-    env = dict(ctx.base_env)
-    if ws.agent and ctx.llm is not None:
-        # The agent's gates and setup never need the model's API key: keep it out of
-        # their environment, and so out of anything they might print.
-        for model in ctx.llm.chain_for(ws):
-            if model.api_key_env:
-                env.pop(model.api_key_env, None)
+    env = dict(ctx.command_env)
+    for name in ws.secrets:
+        if name in ctx.base_env:
+            env[name] = ctx.base_env[name]
     env.update(ws.env)
     port, tmpdir = ctx.lane(lane)
     env["AGENTRUN_RUN_ID"] = ctx.run_id
