@@ -19,10 +19,10 @@ from typing import Callable
 from . import context, edits
 from .executors import AttemptContext, ExecResult
 from .edits import UnsafePath, resolve_in_root
-from .integration import literal_prefix, in_scope
-from .llm_client import redact
+from .integration import in_scope, literal_prefix
 from .llm_call import ContextTooLarge, LLMStop, ModelCaller
 from .models import Model
+from .redaction import NO_SECRETS, Secrets
 from .spec import Workstream
 
 MAX_FORMAT_RETRIES = 3
@@ -101,16 +101,18 @@ def task_text(ws: Workstream, editable: list[str]) -> str:
 
 
 class Conversation:
-    """The attempt's conversation, one JSON record per line, appended as it happens."""
+    """The attempt's conversation, one JSON record per line, appended as it happens, redacted
+    (the task, the files and the gate output it quotes come from the project)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, secrets: Secrets = NO_SECRETS):
         self.path = path
+        self.secrets = secrets
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def add(self, kind: str, **fields) -> None:
         record = {"ts": round(time.time(), 3), "kind": kind, **fields}
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(self.secrets.redact(json.dumps(record)) + "\n")
 
 
 class LLMAgentExecutor:
@@ -124,14 +126,6 @@ class LLMAgentExecutor:
         self.run_gates = run_gates
         self.log = log
         self.calibration = calibration
-        # the chain's API keys: gates inherit the environment, and what they print goes to the model
-        self.secrets = sorted({os.environ[m.api_key_env] for m in chain
-                               if m.api_key_env and os.environ.get(m.api_key_env)}, key=len, reverse=True)
-
-    def _redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = redact(text, secret)
-        return text
 
     def _fit(self, ws: Workstream, task: str, targets: dict[str, str], related) -> tuple[context.Fitted, Model]:
         """Fit the prompt to the first model of the chain whose window holds the task and the targets."""
@@ -219,13 +213,16 @@ class LLMAgentExecutor:
             if repairs > ws.max_repairs:
                 return ExecResult("failed", error=f"gate failed after {ws.max_repairs} repair(s): {failing[0][0]}")
             report = "\n\n".join(f"The command `{name}` failed ({result.error}). Its output ends with:\n"
-                                 f"{self._redact(output)[-GATE_OUTPUT_CHARS:]}" for name, result, output in failing)
+                                 f"{output}" for name, result, output in failing)
             feedback = f"{report}\n\nFix the problem with further edits to the editable files."
             self.log(f"agent: gate failed, asking for repair {repairs} of {ws.max_repairs}")
             messages.append({"role": "user", "content": feedback})
             self.conversation.add("message", role="user", content=feedback)
 
 
-def read_new_output(log_fd: int, start: int) -> str:
+def read_new_output(log_fd: int, start: int, secrets: Secrets = NO_SECRETS) -> str:
+    """The end of what was written to the log since ``start``, redacted: the last
+    ``GATE_OUTPUT_CHARS`` characters, read from the last bytes that can hold them."""
     size = os.fstat(log_fd).st_size
-    return os.pread(log_fd, size - start, start).decode(errors="replace")
+    data = secrets.tail(log_fd, start, size, GATE_OUTPUT_CHARS * 4)  # 4: the most bytes of a UTF-8 character
+    return data.decode(errors="replace")[-GATE_OUTPUT_CHARS:]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import crashpoints, policy, procs
+from . import crashpoints, policy, procs, redaction
 from .errors import AgentrunError
 from .events import EventLog
 from .executors import AttemptContext, CommandExecutor, ExecResult, Executor, run_command
@@ -36,6 +36,9 @@ from .spec import Budget, LLMSettings, Workstream
 from .state import Claimed, Finish, StateStore
 
 ATTEMPT_HEARTBEAT_SECONDS = 5.0
+# A kept log holds at most the first LOG_HEAD_BYTES and the last LOG_TAIL_BYTES of an attempt's output.
+LOG_HEAD_BYTES = 1 << 20
+LOG_TAIL_BYTES = 7 << 20
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,11 @@ class RunContext:
         self.logs_dir = str(self.layout.logs_dir(self.run_id))
         self._lanes: dict[int, tuple[str, str]] = {}
         self._spool: tuple[int, str] | None = None
+        # API keys stay with the code that calls the model: commands, setup and gates get a
+        # workstream's ``secrets`` back by name, and nothing else of them.
+        names = redaction.secret_names(self.llm.models if self.llm is not None else None)
+        self.secrets = redaction.run_secrets(names, self.base_env)
+        self.command_env = {k: v for k, v in self.base_env.items() if k not in names}
 
     def isolated(self, ws: Workstream) -> bool:
         return self.git is not None and ws.isolation != "none"
@@ -142,13 +150,10 @@ def conversation_path(layout: Layout, run_id: str, ws_id: str, attempt: int) -> 
 
 def attempt_env(ctx: RunContext, ws: Workstream, attempt: int, workdir: Path, conflict_files: list[str],
                 lane: int) -> dict[str, str]:
-    env = dict(ctx.base_env)
-    if ws.agent and ctx.llm is not None:
-        # The agent's gates and setup never need the model's API key: keep it out of
-        # their environment, and so out of anything they might print.
-        for model in ctx.llm.chain_for(ws):
-            if model.api_key_env:
-                env.pop(model.api_key_env, None)
+    env = dict(ctx.command_env)
+    for name in ws.secrets:
+        if name in ctx.base_env:
+            env[name] = ctx.base_env[name]
     env.update(ws.env)
     port, tmpdir = ctx.lane(lane)
     env["AGENTRUN_RUN_ID"] = ctx.run_id
@@ -299,15 +304,16 @@ class Attempt:
         caller = ModelCaller(shared, self.events, ws_id=ws.id, attempt=self.job.attempt, chain=chain,
                              ws_budget=Budget(ws.max_cost_usd, ws.max_tokens, mode="hard"),
                              run_budget=ctx.llm.budget, max_concurrent=llm_concurrency(ctx.max_workers),
-                             cancel_fd=self.cancel_fd)
+                             cancel_fd=self.cancel_fd, secrets=ctx.secrets)
 
         def run_gates():
             start = os.fstat(self.log_fd).st_size
             results = gates.run("agent", workdir)
-            output = read_new_output(self.log_fd, start)
+            output = read_new_output(self.log_fd, start, ctx.secrets)
             return [(name, result, output) for name, result in results.items()]
 
-        conversation = Conversation(conversation_path(ctx.layout, ctx.run_id, ws.id, self.job.attempt))
+        conversation = Conversation(conversation_path(ctx.layout, ctx.run_id, ws.id, self.job.attempt),
+                                    ctx.secrets)
         return LLMAgentExecutor(caller, chain, self.wsp.path, conversation, run_gates, self.log,
                                 calibration=shared.calibration(chain[0].id))
 
@@ -382,7 +388,7 @@ def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events
             result = ExecResult("cancelled", result.exit_code, result.signal,
                                 f"stopped: run interrupted ({result.error})")
         if result.error and result.status != "ok":
-            last = last_output_line(log_fd)
+            last = last_output_line(log_fd, ctx.secrets)
             if last and result.error.startswith("exit code"):
                 result.error = f"{result.error}: {last}"
             attempt.log(result.error)
@@ -406,25 +412,46 @@ def _settle_log(claimed: Claimed, ctx: RunContext, attempt: Attempt, result: Exe
     if result.status == "ok" and not ctx.isolated(attempt.ws) and size == 0:
         return None
     kept = ctx.log_path(claimed.ws_id, claimed.attempt)
-    if attempt.header is None:
+    secrets = ctx.secrets
+    whole = size <= LOG_HEAD_BYTES + LOG_TAIL_BYTES
+    if attempt.header is None and whole and not secrets.found_in(log_fd, 0, size):
         os.rename(claimed.log_path, kept)  # the next attempt starts a new spool
         return kept
     try:
         with open(kept, "wb") as out:
-            out.write(attempt.header)
-            for offset in range(0, size, 1 << 20):
-                out.write(os.pread(log_fd, min(1 << 20, size - offset), offset))
-    except OSError:  # disk full, say: keep the output without its first line rather than nothing
+            if attempt.header is not None:
+                out.write(secrets.redact_bytes(attempt.header))
+            _copy_log(log_fd, size, out.write, secrets)
+    except OSError:
+        # Disk full, say: keep the output as it is rather than nothing, unless it holds a secret.
+        if secrets.found_in(log_fd, 0, size):
+            os.ftruncate(log_fd, 0)
         os.rename(claimed.log_path, kept)
         return kept
     os.ftruncate(log_fd, 0)
     return kept
 
 
-def last_output_line(log_fd: int, window: int = 4096) -> str:
-    """The last line the command printed (agentrun's own notes skipped), for error summaries."""
+def _copy_log(log_fd: int, size: int, write: Callable[[bytes], object], secrets: redaction.Secrets) -> None:
+    """The output as kept, redacted, a chunk at a time: all of it, or the first ``LOG_HEAD_BYTES``,
+    a line saying how much was dropped, and the last ``LOG_TAIL_BYTES``. Neither cut splits a secret."""
+    if size <= LOG_HEAD_BYTES + LOG_TAIL_BYTES:
+        secrets.copy(log_fd, 0, size, write)
+        return
+    head_end = secrets.cut_before(log_fd, LOG_HEAD_BYTES, size)
+    tail_start = secrets.cut_before(log_fd, size - LOG_TAIL_BYTES, size)
+    secrets.copy(log_fd, 0, head_end, write)
+    dropped = tail_start - head_end
+    newline = "" if os.pread(log_fd, 1, head_end - 1) == b"\n" else "\n"
+    write(f"{newline}[agentrun] ... {dropped / 1e6:.1f} MB of output omitted ({dropped} bytes; a log keeps the "
+          f"first {LOG_HEAD_BYTES >> 20} MiB and the last {LOG_TAIL_BYTES >> 20} MiB of the output) ...\n".encode())
+    secrets.copy(log_fd, tail_start, size, write)
+
+
+def last_output_line(log_fd: int, secrets: redaction.Secrets = redaction.NO_SECRETS, window: int = 4096) -> str:
+    """The last line the command printed (agentrun's own notes skipped), redacted, for error summaries."""
     size = os.fstat(log_fd).st_size
-    tail = os.pread(log_fd, min(size, window), max(0, size - window)).decode(errors="replace")
+    tail = secrets.tail(log_fd, 0, size, window).decode(errors="replace")
     for line in reversed(tail.splitlines()):
         if line.strip() and not line.startswith("[agentrun]"):
             return line.strip()[:200]
@@ -457,17 +484,18 @@ def decide_outcome(job: Job, ctx: RunContext, store: StateStore, attempt_id: int
     now = time.time()
     retry_at = now + decision.retry_in if decision.retry_in is not None else None
     attempt_status = {"ok": "done", "cancelled": "cancelled"}.get(result.status, result.status)
+    error = ctx.secrets.redact(result.error) if result.error else result.error  # output, exception text
     finish = Finish(attempt_id, ws.id, attempt_status, decision.ws_status, now, result.exit_code, result.signal,
-                    result.error, retry_at, set_log, log_path, job.attempt, started_at)
+                    error, retry_at, set_log, log_path, job.attempt, started_at)
     event = {"done": "ws_done", "retrying": "ws_retrying", "failed": "ws_failed", "conflict": "ws_failed",
              "interrupted": "ws_interrupted"}[decision.ws_status]
     extra = {"exit_code": result.exit_code}
-    if result.error:
-        extra["error"] = result.error
+    if error:
+        extra["error"] = error
     if retry_at is not None:
         extra["retry_in"] = round(decision.retry_in or 0, 3)
     return Outcome(finish, (event, ws.id, job.attempt, extra),
-                   Completion(ws.id, job.attempt, decision.ws_status, retry_at, result.error, seconds))
+                   Completion(ws.id, job.attempt, decision.ws_status, retry_at, error, seconds))
 
 
 def record_outcome(job: Job, ctx: RunContext, store: StateStore, events: EventLog, attempt_id: int,

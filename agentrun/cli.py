@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from . import recovery, render, runner, status
+from . import recovery, redaction, render, runner, status
 from .cli_common import ForgivingOutput, handle_errors, state_dir_option
 from .durations import format_duration
 from .errors import EXIT_FAILED, GitError, UsageError
@@ -19,7 +20,7 @@ from .layout import layout_for, project_root
 from .progress import display_for
 from .attempt import conversation_path
 from .scheduler import SCHEDULES
-from .spec import BUDGET_MODES
+from .spec import BUDGET_MODES, LLMSettings
 from .state import StateStore
 
 
@@ -303,6 +304,7 @@ def logs(run_id, ws_id, attempt, conversation, state_dir) -> None:
     try:
         path = status.log_path(store, run_id, ws_id, attempt)
         number = attempt or store.attempts(run_id, ws_id)[-1]["attempt"]
+        llm = LLMSettings.from_json(json.loads(store.run(run_id)["options"]).get("llm", {}))
     finally:
         store.close()
     if conversation:
@@ -321,8 +323,11 @@ def logs(run_id, ws_id, attempt, conversation, state_dir) -> None:
         if not kept.is_file():
             raise UsageError(f"log file {path} is missing (removed by hand?)")
         path = kept
+    # A kept log is redacted already; the output of an attempt still running (or of one whose
+    # worker was killed) is not, until it is settled.
+    secrets = redaction.run_secrets(redaction.secret_names(llm.models), os.environ)
     with open(path, "rb") as fh:
-        sys.stdout.buffer.write(fh.read())
+        secrets.copy(fh.fileno(), 0, os.fstat(fh.fileno()).st_size, sys.stdout.buffer.write)
 
 
 @cli.command()

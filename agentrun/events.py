@@ -4,7 +4,8 @@ The state DB is the source of truth; this log is its journal, for people and
 for followers such as ``monitor``. Each record is one ``os.write`` of one
 complete line on an O_APPEND descriptor, under ``flock`` so that sequence
 numbers stay unique across processes. A crash can leave a torn last line:
-readers skip it, and the next writer truncates it before appending.
+readers skip it, and the next writer truncates it before appending. Every
+record is redacted (``redaction.in_use``) before it is written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import crashpoints
+from . import crashpoints, redaction
 
 TAIL_BYTES = 8192
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode  # one encoder, not one per record
@@ -63,7 +64,7 @@ class EventLog:
                 self._seq += 1
                 record["seq"] = self._seq
                 lines.append(_encode(record))
-            data = ("\n".join(lines) + "\n").encode()
+            data = redaction.in_use().redact("\n".join(lines) + "\n").encode()
             crashpoints.torn_write(fd, data)
             os.write(fd, data)
             self._known_size = size + len(data)

@@ -15,7 +15,7 @@ import random
 import select
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 from . import budget, llm_client, llm_policy
@@ -23,6 +23,7 @@ from .events import EventLog
 from .llm_client import ChatRequest, ChatResponse, LLMError
 from .llm_shared import SharedLLMState, Slot, cache_key
 from .models import Model
+from .redaction import NO_SECRETS, Secrets
 from .spec import Budget
 
 SLOT_POLL_SECONDS = (0.02, 0.25)
@@ -73,7 +74,7 @@ class ModelCaller:
     def __init__(self, shared: SharedLLMState, events: EventLog, *, ws_id: str, attempt: int,
                  chain: list[Model], ws_budget: Budget, run_budget: Budget, max_concurrent: int,
                  cancel_fd: int | None = None, rng: random.Random | None = None,
-                 timeouts: tuple[float, float] = (10.0, 120.0)):
+                 timeouts: tuple[float, float] = (10.0, 120.0), secrets: Secrets = NO_SECRETS):
         self.shared, self.events = shared, events
         self.ws_id, self.attempt = ws_id, attempt
         self.chain = chain
@@ -82,6 +83,7 @@ class ModelCaller:
         self.cancel_fd = cancel_fd
         self.rng = rng or random.Random()
         self.timeouts = timeouts
+        self.secrets = secrets   # taken out of replies and of every error text this loop records
         self._warned: set[str] = set()
         # model name -> (estimated prompt tokens a server refused as too large, its n_prompt, its n_ctx):
         # a prompt at least that large is never sent to that model again (the conversation only grows).
@@ -179,7 +181,7 @@ class ModelCaller:
         hit = self.shared.cached(key)
         if hit is not None:
             self.cache_keys.append(key)
-            response = ChatResponse(**hit)
+            response = self._redacted(ChatResponse(**hit))   # cached before replies were redacted
             self.shared.record_call(ws_id=self.ws_id, attempt=self.attempt, model=model.name, model_id=model.id,
                                     provider=provider_of(model), status="cached", est_prompt_tokens=est,
                                     cost_usd=0.0, cost_source="cache", latency_s=0.0, started_at=time.time())
@@ -205,6 +207,8 @@ class ModelCaller:
             finally:
                 self.shared.release(slot.id, provider_of(model), outcome)
             if outcome == "ok":
+                # A reply that echoes a key must not reach the cache, the conversation or the edits.
+                response = self._redacted(response)
                 self._record_ok(model, response, est, tries, started)
                 self.shared.succeeded(model.name)
                 self.shared.cache(key, asdict(response))
@@ -220,7 +224,7 @@ class ModelCaller:
             self.shared.record_call(ws_id=self.ws_id, attempt=self.attempt, model=model.name, model_id=model.id,
                                     provider=provider_of(model), status=error.kind, est_prompt_tokens=est,
                                     latency_s=time.time() - started, retry=tries - 1, started_at=started,
-                                    error=str(error)[:500])
+                                    error=self._text(error, 500))
             action = llm_policy.decide(error, max(1, strikes), now=time.time(), rng=self.rng,
                                        key_env=model.api_key_env)
             if crowded and isinstance(action, llm_policy.Rotate) and error.retry_after is None:
@@ -240,16 +244,17 @@ class ModelCaller:
                 self._sleep(action.delay)
                 continue
             if isinstance(action, llm_policy.Rotate):
-                self.shared.failed(model.name, f"{error.kind}: {str(error)[:120]}", cooldown_until=action.cooldown_until)
+                self.shared.failed(model.name, f"{error.kind}: {self._text(error, 120)}",
+                                   cooldown_until=action.cooldown_until)
                 reasons.append(f"{model.name}: {error.kind}")
                 self.events.emit("llm_rotated", self.ws_id, self.attempt, model=model.name, because=error.kind)
             elif isinstance(action, llm_policy.Exhausted):
                 until = action.until or time.time() + 24 * 3600
-                self.shared.exhausted(model.name, until, str(error)[:200])
+                self.shared.exhausted(model.name, until, self._text(error, 200))
                 reasons.append(f"{model.name}: quota exhausted")
                 self.events.emit("llm_exhausted", self.ws_id, self.attempt, model=model.name, until=round(until))
             elif isinstance(action, llm_policy.Drop):
-                self.shared.drop(model.name, str(error)[:200])
+                self.shared.drop(model.name, self._text(error, 200))
                 reasons.append(f"{model.name}: not found, dropped for this run")
                 self.events.emit("llm_dropped", self.ws_id, self.attempt, model=model.name)
             elif isinstance(action, llm_policy.Shrink):
@@ -259,10 +264,21 @@ class ModelCaller:
                 reasons.append(f"{model.name}: prompt too large for its context window "
                                f"({action.n_prompt_tokens or '?'} > {action.n_ctx or '?'})")
             elif isinstance(action, llm_policy.Fatal):
-                self.shared.set_fatal(action.message)
-                self.events.emit("llm_fatal", self.ws_id, self.attempt, model=model.name, detail=action.message)
-                raise FatalLLMError(action.message)
+                message = self._text(action.message)
+                self.shared.set_fatal(message)
+                self.events.emit("llm_fatal", self.ws_id, self.attempt, model=model.name, detail=message)
+                raise FatalLLMError(message)
             return None
+
+    def _redacted(self, response: ChatResponse) -> ChatResponse:
+        if not self.secrets:
+            return response
+        return replace(response, content=self.secrets.redact(response.content),
+                       raw_model=response.raw_model and self.secrets.redact(response.raw_model))
+
+    def _text(self, error: object, limit: int | None = None) -> str:
+        """An error's text as recorded: redacted before it is cut, so that no part of a key is left."""
+        return self.secrets.redact(str(error))[:limit]
 
     def forget(self) -> None:
         """Drop the cached replies of this attempt: it failed with them, so a retry (or a later run)

@@ -37,6 +37,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from .redaction import REDACTED, Secrets
+
 log = logging.getLogger("agentrun.llm")
 
 # --- error kinds -------------------------------------------------------------------
@@ -58,7 +60,6 @@ KINDS = (CONNECTION, TIMEOUT, SERVER, RATE_LIMIT, QUOTA, CONTEXT_LENGTH, AUTH, P
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 _SNIPPET = 500          # characters of a server's text kept in an error message
-REDACTED = "[REDACTED]"
 
 
 class LLMError(Exception):
@@ -151,7 +152,7 @@ def redact(text: str, api_key: str | None) -> str:
     if not text:
         return text
     if api_key:
-        text = text.replace(api_key, REDACTED)
+        text = Secrets((api_key,)).redact(text)
     return re.sub(r"(?i)(bearer\s+)(?!\[REDACTED\])[^\s\"',;]+", r"\1" + REDACTED, text)
 
 

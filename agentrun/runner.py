@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import containment, crashpoints, git, procs, recovery
+from . import containment, crashpoints, git, procs, recovery, redaction
 from .attempt import Completion, Job, RunContext, record_outcome
 from .backends import LocalProcessBackend, Report, Requeued, Started, WorkerLost
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SpecError, StateError, UsageError
@@ -341,6 +341,7 @@ class Orchestrator:
             max_attempts={w: ws.retries + 1 for w, ws in self.plan.workstreams.items()},
             base_env=dict(os.environ), git=git_run_for(run_row, self.layout), llm=self.llm,
             max_workers=self.options.max_workers)
+        redaction.use(self.ctx.secrets)   # for this process and the workers it forks
         self.uses_llm = any(ws.agent for ws in self.plan.workstreams.values())
         self.draining: str | None = None   # set: start nothing new, let running work finish
         self._newly_ready: list[str] = []

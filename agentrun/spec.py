@@ -70,6 +70,7 @@ class Workstream:
     files: tuple[str, ...] = ()
     cwd: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    secrets: tuple[str, ...] = ()   # names of API key variables its commands get (see README)
     timeout: float | None = None
     retries: int = 0
     retry_backoff: float = 1.0
@@ -189,6 +190,15 @@ def _env(v: Any) -> dict[str, str]:
     return dict(v)
 
 
+def _env_names(v: Any) -> tuple[str, ...]:
+    names = _str_list(v)
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"{name!r} is not a valid environment variable name; write the name of the "
+                             "variable, such as \"OPENROUTER_API_KEY\"")
+    return names
+
+
 def _command(v: Any) -> Command:
     if isinstance(v, str):
         if not v.strip():
@@ -253,6 +263,7 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "run": _command,
     "cwd": _rel_path,
     "env": _env,
+    "secrets": _env_names,
     "timeout": _opt_duration,
     "retries": _int_nonneg,
     "retry_backoff": _duration,

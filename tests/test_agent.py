@@ -858,6 +858,56 @@ def test_a_gate_never_sees_the_models_key_so_cannot_leak_it(tmp_path, server):
     conversation = (repo / ".agentrun" / "runs" / look.run_id / "conversations" / "fix.1.jsonl").read_text()
     assert "debug: key=" in conversation and SECRET not in conversation
 
+
+def test_a_gate_that_asks_for_the_key_gets_it_and_the_model_sees_it_redacted(tmp_path, server):
+    server.script(Reply(WRONG), Reply(FIX_AFTER_WRONG))
+    repo = make_repo(tmp_path)
+    write_config(repo, {"remote": model_entry(server.url, "vendor/model", api_key_env="OPENROUTER_API_KEY")})
+    write_agent_ws(repo, "fix", model="remote", secrets=["OPENROUTER_API_KEY"],
+                   gates=[f'echo "debug: key=$OPENROUTER_API_KEY"; {GATE}'])
+    proc = run(repo, env=cli_env(OPENROUTER_API_KEY=SECRET))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    look = Look(repo)
+    assert_fixed(look)
+    assert "debug: key=[REDACTED]\n" in last_user(server.chat_requests[1])
+    assert all(SECRET not in r.body.decode() for r in server.chat_requests)
+
+
+def test_a_reply_that_echoes_the_key_is_redacted_before_its_edits_apply_and_in_the_cache(tmp_path, server):
+    server.script(Reply(sr("    return a - b\n", f"    return a + b  # {SECRET}\n")))
+    repo = make_repo(tmp_path)
+    write_config(repo, {"remote": model_entry(server.url, "vendor/model", api_key_env="OPENROUTER_API_KEY")})
+    write_agent_ws(repo, "fix", model="remote")
+    proc = run(repo, env=cli_env(OPENROUTER_API_KEY=SECRET))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    look = Look(repo)
+    assert look.integrated() == "def add(a, b):\n    return a + b  # [REDACTED]\n\n\ndef mul(a, b):\n    return a * b\n"
+    [cached] = [json.loads(r["response"]) for r in look.db.execute("SELECT response FROM llm_cache")]
+    assert "# [REDACTED]" in cached["content"] and SECRET not in cached["content"]
+    [reply] = [r for r in look.conversation("fix") if r["kind"] == "reply"]
+    assert "# [REDACTED]" in reply["content"]
+
+
+def test_gate_output_is_read_from_its_tail_only(tmp_path):
+    import tracemalloc
+    from agentrun.agent import GATE_OUTPUT_CHARS, read_new_output
+    from agentrun.redaction import Secrets
+    path = tmp_path / "log"
+    with open(path, "wb") as fh:
+        fh.write(b"before the gates\n")
+        fh.write(b"y" * 30_000_000)
+        fh.write(f"\nthe key: {SECRET}\nlast line\n".encode())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        tracemalloc.start()
+        output = read_new_output(fd, len(b"before the gates\n"), Secrets([SECRET]))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    finally:
+        os.close(fd)
+    assert len(output) == GATE_OUTPUT_CHARS and output.endswith("y\nthe key: [REDACTED]\nlast line\n")
+    assert peak < 1_000_000, f"read {peak} bytes to send {GATE_OUTPUT_CHARS} characters"
+
 # --- 9. bad input ----------------------------------------------------------------------------------------
 
 def refs(repo: Path) -> str:
