@@ -432,6 +432,24 @@ def _settle_log(claimed: Claimed, ctx: RunContext, attempt: Attempt, result: Exe
     return kept
 
 
+def settle_orphaned_log(spool: str | None, kept: str, secrets: redaction.Secrets) -> str | None:
+    """The log of an attempt whose worker died mid-way, still in that worker's spool: kept as
+    ``kept``, redacted and capped like any other, and the spool removed. Returns where the log is
+    now (``spool`` itself if it cannot be moved, None if there is none)."""
+    if not spool or not os.path.isfile(spool) or spool == kept:
+        return spool if spool and os.path.isfile(spool) else None
+    fd = os.open(spool, os.O_RDONLY)
+    try:
+        with open(kept, "wb") as out:
+            _copy_log(fd, os.fstat(fd).st_size, out.write, secrets)
+    except OSError:
+        return spool
+    finally:
+        os.close(fd)
+    os.unlink(spool)
+    return kept
+
+
 def _copy_log(log_fd: int, size: int, write: Callable[[bytes], object], secrets: redaction.Secrets) -> None:
     """The output as kept, redacted, a chunk at a time: all of it, or the first ``LOG_HEAD_BYTES``,
     a line saying how much was dropped, and the last ``LOG_TAIL_BYTES``. Neither cut splits a secret."""
@@ -499,9 +517,11 @@ def decide_outcome(job: Job, ctx: RunContext, store: StateStore, attempt_id: int
 
 
 def record_outcome(job: Job, ctx: RunContext, store: StateStore, events: EventLog, attempt_id: int,
-                   result: ExecResult) -> Completion:
-    """Decide and record an outcome on its own (the orchestrator, for an attempt whose worker died)."""
-    outcome = decide_outcome(job, ctx, store, attempt_id, result)
+                   result: ExecResult, spool: str | None = None) -> Completion:
+    """Decide and record an outcome on its own (the orchestrator, for an attempt whose worker
+    died, leaving its log in ``spool``)."""
+    log_path = settle_orphaned_log(spool, ctx.log_path(job.ws_id, job.attempt), ctx.secrets)
+    outcome = decide_outcome(job, ctx, store, attempt_id, result, log_path, set_log=True)
     store.finish_attempt(ctx.run_id, outcome.finish)
     events.emit_all([outcome.event])
     return outcome.completion

@@ -7,18 +7,21 @@ log, saves uncommitted worktree changes) so that ``resume`` can continue.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import containment, git, procs
+from . import containment, git, procs, redaction
+from .attempt import settle_orphaned_log
 from .backends import parse_local_external_id
 from .errors import UsageError
 from .events import EventLog, repair_tail
 from .integration import rescue_ref
 from .layout import Layout
+from .spec import LLMSettings
 from .state import StateStore, return_unstarted
 
 REQUEUE = ("pending", "ready", "running", "retrying", "lost", "interrupted")
@@ -131,7 +134,7 @@ def recover(store: StateStore, layout: Layout, run_id: str, *, grace: float = pr
     now = time.time()
     with store.write() as db:
         lost = db.execute("UPDATE attempts SET status = 'lost', finished_at = ?, error = 'orchestrator died' "
-                          "WHERE run_id = ? AND status = 'running' RETURNING ws_id, attempt",
+                          "WHERE run_id = ? AND status = 'running' RETURNING id, ws_id, attempt, log_path",
                           (now, run_id)).fetchall()
         db.execute("UPDATE workstreams SET status = 'lost' WHERE run_id = ? AND status = 'running'", (run_id,))
         return_unstarted(db, run_id)
@@ -139,6 +142,7 @@ def recover(store: StateStore, layout: Layout, run_id: str, *, grace: float = pr
                    (now, run_id))
     for row in lost:
         report.actions.append(f"marked {row['ws_id']} attempt {row['attempt']} lost")
+    _settle_logs(store, layout, run, lost)
 
     report.actions.extend(_repair_git(store, run))
     events_path = layout.events_path(run_id)
@@ -152,6 +156,22 @@ def recover(store: StateStore, layout: Layout, run_id: str, *, grace: float = pr
     if run["status"] == "running":
         report.actions.append("marked the run interrupted")
     return report
+
+
+def _settle_logs(store: StateStore, layout: Layout, run, lost) -> None:
+    """Logs of lost attempts, still in their dead workers' spools: kept, redacted (with the keys
+    this process can see: the same environment, usually) and capped, as a worker would have."""
+    names = redaction.secret_names(LLMSettings.from_json(json.loads(run["options"]).get("llm", {})).models)
+    secrets = redaction.run_secrets(names, os.environ)
+    moved = []
+    for row in lost:
+        kept = str(layout.log_path(run["id"], row["ws_id"], row["attempt"]))
+        where = settle_orphaned_log(row["log_path"], kept, secrets)
+        if where != row["log_path"]:
+            moved.append((where, row["id"]))
+    if moved:
+        with store.write() as db:
+            db.executemany("UPDATE attempts SET log_path = ? WHERE id = ?", moved)
 
 
 def remove_stale_ref_locks(repo: Path, run_id: str) -> list[str]:

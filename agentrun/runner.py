@@ -575,7 +575,7 @@ class Orchestrator:
                 procs.stop_group(attempt["pgid"])
             self.events.emit("ws_crashed", ws_id, attempt["attempt"], error=lost.error)
             self._handle(record_outcome(Job(ws_id, attempt["attempt"]), self.ctx, self.store, self.events,
-                                        attempt["id"], ExecResult("crashed", error=lost.error)))
+                                        attempt["id"], ExecResult("crashed", error=lost.error), attempt["log_path"]))
 
     def _check_llm_limits(self) -> None:
         """A fatal API error stops the run; the run budget warns, drains (soft) or stops (hard)."""

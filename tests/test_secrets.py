@@ -330,3 +330,53 @@ def test_chunked_redaction_catches_a_secret_across_a_chunk_boundary(tmp_path):
     assert "pa" not in quoted.redact(json.dumps({"v": 'pa"ss\\wörd-long'}))      # its JSON spelling too
     assert redaction.NO_SECRETS.redact("tiny") == "tiny" and not redaction.NO_SECRETS
     assert redaction.run_secrets(["A", "B", "C"], {"A": "12345678", "B": "1234567"}).values == ("12345678",)
+
+
+def _printing_key_then_waiting(project: Path, key: str) -> tuple[dict[str, str], Path]:
+    write_toml(project / "w" / "agentrun.toml", {"models.x": {"id": "vendor/x", "api_key_env": KEY_VAR}})
+    printed = project / "printed"
+    write_ws(project / "w", "leaky", secrets=[KEY_VAR],
+             run=f'echo "key=${KEY_VAR}"; touch {printed}; exec sleep 300')
+    return clean_env(**{KEY_VAR: key}), printed
+
+
+def _kept_logs(project: Path) -> dict[str, bytes]:
+    logs = next((project / ".agentrun" / "runs").glob("*/logs"))
+    return {p.name: p.read_bytes() for p in logs.iterdir()}
+
+
+def test_the_log_of_an_attempt_whose_worker_died_is_kept_redacted(project):
+    key = "sk-test-" + random_secrets.token_hex(16)
+    env, printed = _printing_key_then_waiting(project, key)
+    run = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-q"], cwd=project, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    wait_for(printed.exists)
+    (worker,) = [int(p) for p in Path(f"/proc/{run.pid}/task/{run.pid}/children").read_text().split()]
+    os.kill(worker, 9)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 1, out + err
+    logs = _kept_logs(project)
+    assert list(logs) == ["leaky.1.log"]           # the dead worker's spool is settled, not left behind
+    assert b"key=[REDACTED]" in logs["leaky.1.log"] and key.encode() not in logs["leaky.1.log"]
+    db = state(project)
+    (attempt,) = db.attempts(db.latest_run()["id"])
+    assert attempt["status"] == "crashed" and attempt["log_path"].endswith("/leaky.1.log")
+
+
+def test_recover_keeps_the_log_of_a_lost_attempt_redacted(project):
+    key = "sk-test-" + random_secrets.token_hex(16)
+    env, printed = _printing_key_then_waiting(project, key)
+    run = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-q"], cwd=project, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                           start_new_session=True)
+    wait_for(printed.exists)
+    os.killpg(run.pid, 9)                          # orchestrator and worker at once
+    run.wait(timeout=60)
+    recovered = cli(project, "recover", env=env)
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    logs = _kept_logs(project)
+    assert list(logs) == ["leaky.1.log"]
+    assert b"key=[REDACTED]" in logs["leaky.1.log"] and key.encode() not in logs["leaky.1.log"]
+    db = state(project)
+    (attempt,) = db.attempts(db.latest_run()["id"])
+    assert attempt["status"] == "lost" and attempt["log_path"].endswith("/leaky.1.log")
