@@ -186,9 +186,9 @@ def test_bad_choice_suggests_the_closest_value():
 
 @pytest.mark.parametrize("field, value, expected", [
     ("priority", 5, "expected a string, got a number"),
-    ("retries", "3", "expected a whole number >= 0"),
-    ("retries", -1, "expected a whole number >= 0"),
-    ("retries", True, "expected a whole number >= 0"),
+    ("retries", "3", "expected a whole number from 0 to 100, got '3'"),
+    ("retries", -1, "-1 is out of range; use a whole number from 0 to 100"),
+    ("retries", True, "expected a whole number from 0 to 100, got True"),
     ("depends_on", "b", "got a string; write it as [\"...\"]"),
     ("depends_on", ["b", 3], "expected a list of non-empty strings"),
     ("tags", [""], "expected a list of non-empty strings"),
@@ -419,7 +419,8 @@ def test_snapshot_is_the_canonical_json_of_to_json_byte_for_byte(tmp_path):
     # Hashes recorded by earlier versions must keep matching: the field-by-field snapshot has to
     # give exactly what json.dumps of the whole definition gives, for defaults and for every kind
     # of value (commands, command lists, tables, floats that look like ints, non-ASCII text).
-    (tmp_path / "agentrun.toml").write_text('[defaults]\nretries = 2\nenv = { B = "2", A = "1" }\n')
+    (tmp_path / "agentrun.toml").write_text('[defaults]\nretries = 2\nenv = { B = "2", A = "1" }\n'
+                                            'max_cost_usd = 0.5\nmax_tokens = 1000\n')
     (tmp_path / "ws.toml").write_text('''
 [[workstream]]
 id = "plain"
@@ -446,8 +447,6 @@ setup = ["make deps", { name = "venv", run = ["python", "-m", "venv", ".v"] }]
 gates = [{ name = "tests", run = "pytest -q" }]
 expect_changes = false
 parallel_ok = false
-max_cost_usd = 0.5
-max_tokens = 1000
 ''')
     for ws in load_source(tmp_path).workstreams:
         expected = json.dumps(ws.to_json(), sort_keys=True, separators=(",", ":"))
