@@ -132,8 +132,9 @@ def parse_models(section: Any, where: str, problems: list[str]) -> dict[str, Mod
                 problems.append(f"{table} field '{key}': {exc}")
         base = PRESETS.get(name)
         if base is None and "id" not in values:
-            problems.append(f"{table} field 'id': required for a model that is not a preset "
-                            f"(presets: {', '.join(sorted(PRESETS))})")
+            if "id" not in fields:  # an id given but invalid is reported as such, not also as missing
+                problems.append(f"{table} field 'id': required for a model that is not a preset "
+                                f"(presets: {', '.join(sorted(PRESETS))})")
             continue
         if base is None:
             # A new entry needs a key only for OpenRouter, unless it names one.
