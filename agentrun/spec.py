@@ -56,6 +56,7 @@ MAX_ENV_BYTES = 256 * 1024             # a workstream's env, names and values, [
 MAX_LIST_ITEMS = 10_000
 MAX_FILE_BYTES = 10 * 1024 * 1024      # one workstream file or agentrun.toml
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+HINT_CHARS = 200                       # longer names are no typo of a known one: no did-you-mean
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
         if not isinstance(v, str):
             raise ValueError(f"expected a string, got {_tname(v)}")
         if v not in options:
-            hint = difflib.get_close_matches(v, options, n=1)
+            hint = difflib.get_close_matches(v, options, n=1) if len(v) <= HINT_CHARS else []
             extra = f"; did you mean {hint[0]!r}?" if hint else ""
             raise ValueError(f"{shown(v)} is not one of {', '.join(options)}{extra}")
         return v
@@ -430,7 +431,8 @@ class Source:
 
 
 def _did_you_mean(name: Any, options, known: str = "fields") -> str:
-    hint = difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.6) if isinstance(name, str) else []
+    hint = (difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.6)
+            if isinstance(name, str) and len(name) <= HINT_CHARS else [])
     return f"; did you mean {shown(hint[0])}?" if hint else f"; known {known}: {shown_names(options)}"
 
 

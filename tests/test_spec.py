@@ -687,28 +687,27 @@ def test_files_that_are_not_regular_files_are_refused_unopened(tmp_path):
     write(d, "a.toml", 'run = "true"\n')
     os.mkfifo(d / "pipe.toml")      # in a directory source, only regular files are workstream files
     assert [w.id for w in load_source(d).workstreams] == ["a"]
-    assert only_problem(load_error(d / "pipe.toml")) == (f"{d / 'pipe.toml'}: not a regular file but a named pipe "
-                                                         "(FIFO); workstream files and agentrun.toml are plain files")
     os.mkfifo(d / "agentrun.toml")
     assert only_problem(load_error(d)) == (f"{d / 'agentrun.toml'}: not a regular file but a named pipe (FIFO); "
                                            "workstream files and agentrun.toml are plain files")
-    assert only_problem(load_error("/dev/zero")) == ("/dev/zero: not a regular file but a character device; "
-                                                     "workstream files and agentrun.toml are plain files")
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.bind(str(tmp_path / "s.toml"))
-        assert "not a regular file but a socket" in only_problem(load_error(tmp_path / "s.toml"))
     (d / "agentrun.toml").unlink()
     (d / "agentrun.toml").mkdir()
-    assert "not a regular file but a directory" in only_problem(load_error(d))
+    assert only_problem(load_error(d)) == (f"{d / 'agentrun.toml'}: not a regular file but a directory; "
+                                           "workstream files and agentrun.toml are plain files")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "s.toml"))
+        assert only_problem(load_error(tmp_path / "s.toml")) == (
+            f"{tmp_path / 's.toml'}: not a regular file but a socket; workstream files and agentrun.toml are plain files")
 
 
-def test_a_fifo_source_never_blocks_plan_or_run(tmp_path):
-    # Without the check, reading the FIFO waits for a writer that never comes.
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_a_fifo_or_a_device_as_source_never_blocks(tmp_path, command):
+    # Without the check, reading the FIFO waits for a writer that never comes, and a device is no workstream file.
     os.mkfifo(tmp_path / "pipe.toml")
-    for command in ("plan", "run"):
-        proc = agentrun(command, "pipe.toml", cwd=tmp_path, timeout=30)
+    for source, kind in (("pipe.toml", "a named pipe (FIFO)"), ("/dev/null", "a character device")):
+        proc = agentrun(command, source, cwd=tmp_path, timeout=30)
         assert proc.returncode == 2
-        assert proc.stderr == (f"error: pipe.toml: not a regular file but a named pipe (FIFO); workstream files and "
+        assert proc.stderr == (f"error: {source}: not a regular file but {kind}; workstream files and "
                                "agentrun.toml are plain files\n")
     assert not (tmp_path / ".agentrun").exists()
 
@@ -788,7 +787,10 @@ def test_a_rejected_source_writes_nothing(tmp_path, kind):
     repo = init_repo(tmp_path / "repo", {"README.md": "hi\n"})
     (repo / "w" / "ws.toml").write_text(REJECTED[kind])
     before = all_refs(repo)
-    for args in (["plan", "w"], ["run", "w", "--dry-run"], ["run", "w", "--parallel"]):
+    # A cwd naming a file is found by `prepare` (it needs the project): every command goes through it.
+    commands = ([["plan", "w"], ["run", "w", "--dry-run"], ["run", "w"]] if kind == "cwd-file"
+                else [["run", "w", "--parallel"]])
+    for args in commands:
         proc = agentrun(*args, cwd=repo)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr[:2000])
         lines = proc.stderr.splitlines()
