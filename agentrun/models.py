@@ -64,7 +64,7 @@ PRESETS: dict[str, Model] = {m.name: m for m in (
 
 def _model_id(v: Any) -> str:
     if not text(v).strip():
-        raise ValueError("is empty; give the provider's model id")
+        raise ValueError(f"{shown(v)} is blank; give the provider's model id")
     return v
 
 
@@ -109,12 +109,12 @@ def parse_models(section: Any, where: str, problems: list[str]) -> dict[str, Mod
         problems.append(f"{where}: section 'models': expected [models.NAME] tables")
         return out
     for name, fields in section.items():
+        table = f"{where}: [models.{shown(name)[1:-1]}]"
         try:
             text(name)
         except ValueError as exc:
-            problems.append(f"{where}: [models.{shown(name)[1:-1]}]: the model name {exc}")
+            problems.append(f"{table}: the model name {exc}")
             continue
-        table = f"{where}: [models.{shown(name)[1:-1]}]"
         if not isinstance(fields, dict):
             problems.append(f"{table}: expected a table")
             continue

@@ -24,8 +24,7 @@ from typing import Any, Callable
 from .durations import parse_duration
 from .errors import SpecError
 from .models import DEFAULT_MODEL, EDIT_FORMATS, Model, Rules, parse_models, resolve, select_model
-from .values import (MAX_LINE_CHARS, number, shown, shown_names, shown_path, text, type_name as _tname,
-                     whole_number)
+from .values import number, shown, shown_names, shown_path, text, type_name as _tname, whole_number
 
 CONFIG_FILE = "agentrun.toml"
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -298,6 +297,8 @@ def _untracked_pattern(v: Any) -> str:
     if len(parts) == 1 and fnmatch.fnmatchcase(".git", parts[0].lower()):
         # The project's .git can be a file (a linked worktree): copied, it would break the worktree.
         raise ValueError(f"{shown(v)} matches .git; name the untracked files to copy, e.g. [\".env\"]")
+    if any("**" in part and part != "**" for part in parts):  # pathlib's glob refuses it
+        raise ValueError(f"{shown(v)}: '**' can only be a whole part of the path, e.g. \"config/**/*.local\"")
     return v
 
 

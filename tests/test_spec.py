@@ -524,7 +524,8 @@ def test_the_largest_values_in_range_are_accepted():
     ({"models": {"m": {"id": "v/m", "base_url": "127.0.0.1:8080"}}},
      "agentrun.toml: [models.m] field 'base_url': '127.0.0.1:8080' is not an http:// or https:// URL, "
      "e.g. \"http://127.0.0.1:8080/v1\""),
-    ({"models": {"m": {"id": " "}}}, "agentrun.toml: [models.m] field 'id': is empty; give the provider's model id"),
+    ({"models": {"m": {"id": " "}}},
+     "agentrun.toml: [models.m] field 'id': ' ' is blank; give the provider's model id"),
 ])
 def test_config_numbers_and_names_are_checked(section, expected):
     assert only_problem(spec_error([("a.toml", {"run": "true"})], section)) == expected
@@ -634,6 +635,7 @@ def test_agent_only_fields_in_defaults_are_for_the_agent_workstreams():
     ("copy_untracked", ["."], "'.' matches every file"),
     ("copy_untracked", [".*"], "'.*' matches .git; name the untracked files to copy"),
     ("copy_untracked", [".g?t"], "'.g?t' matches .git"),
+    ("copy_untracked", ["config/a**"], "'config/a**': '**' can only be a whole part of the path"),
     ("conflict_group", "", "'' is blank; give a name, or leave the field out"),
     ("conflict_group", "  \t", "'  \\t' must be one line"),
     ("conflict_group", "   ", "'   ' is blank"),
@@ -697,7 +699,8 @@ def test_files_that_are_not_regular_files_are_refused_unopened(tmp_path):
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(tmp_path / "s.toml"))
         assert only_problem(load_error(tmp_path / "s.toml")) == (
-            f"{tmp_path / 's.toml'}: not a regular file but a socket; workstream files and agentrun.toml are plain files")
+            f"{tmp_path / 's.toml'}: not a regular file but a socket; workstream files and agentrun.toml are "
+            "plain files")
 
 
 @pytest.mark.parametrize("command", ["plan", "run"])
@@ -734,7 +737,8 @@ def test_crlf_files_hash_like_lf_files(tmp_path):
 # --- every problem on one short line (item 5) ----------------------------------------
 
 @pytest.mark.parametrize("doc, expected", [
-    ({"workstream": [{"id": "a\nb", "run": "true"}]}, "w.json: workstream 'a\\nb': field 'id': 'a\\nb' must be one line"),
+    ({"workstream": [{"id": "a\nb", "run": "true"}]},
+     "w.json: workstream 'a\\nb': field 'id': 'a\\nb' must be one line"),
     ({"run": "true", "colour\nred": 1}, "w.json: workstream 'w': field 'colour\\nred': unknown field"),
     ({"run": "true", "x" * 5_000_000: 1}, "w.json: workstream 'w': field 'xxxxxxxxxx"),
     ({"run": "true", "priority": "\n" * 5_000_000}, "w.json: workstream 'w': field 'priority': '\\n\\n\\n"),

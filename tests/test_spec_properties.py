@@ -109,7 +109,7 @@ BROKEN: dict[str, list[Any]] = {
             {f"V{i}": "v" * 30_000 for i in range(9)}],
     "cwd": ["../x", "/abs", ".git", "a\0", 5, "sub/.git/hooks"],
     "files": [[".git/config"], ["/etc"], "src", [1], ["../up"]],
-    "copy_untracked": [["*"], ["**/*"], [".git"], [".*"], ["./*"]],
+    "copy_untracked": [["*"], ["**/*"], [".git"], [".*"], ["./*"], ["a**"]],
     "setup": [[42], [""], ["\0"], 7],
     "gates": [[42], [""], ["x" * 65_537], {"cmd": "x"}],
     "run": ["", [], 42, "echo \0", "x" * 65_537, {"cmd": "x"}, {"run": {"run": "true"}}, ["echo", "\ud800"]],
