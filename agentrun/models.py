@@ -69,7 +69,7 @@ def _model_id(v: Any) -> str:
 
 
 def _base_url(v: Any) -> str:
-    if not text(v).startswith(("http://", "https://")):
+    if not text(v).lower().startswith(("http://", "https://")):
         raise ValueError(f"{shown(v)} is not an http:// or https:// URL, e.g. \"http://127.0.0.1:8080/v1\"")
     return v
 

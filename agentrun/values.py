@@ -18,8 +18,8 @@ _SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 4
 _SHOWN.maxlevel = 2
 _PATH = reprlib.Repr()
 _PATH.maxstring = SHOWN_PATH_CHARS
-# What str.splitlines() splits at, and the other C0/C1 controls: never inside a one-line value.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# What str.splitlines() splits at, and the other C0/C1 controls but tab: never inside a one-line value.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def shown(value: Any) -> str:
@@ -75,7 +75,7 @@ def text(v: Any, max_len: int = MAX_LINE_CHARS, *, one_line: bool = True, in_byt
     """``v`` if it is a string a file name, an argument or an environment can carry: no NUL, valid
     Unicode (JSON can write a lone surrogate such as "\\ud800"), at most ``max_len`` characters
     (or UTF-8 bytes, for what becomes a process's arguments and environment, which Linux limits in
-    bytes), and with ``one_line`` no line breaks or other control characters."""
+    bytes), and with ``one_line`` no line breaks or other control characters (a tab is fine)."""
     if not isinstance(v, str):
         raise ValueError(f"expected a string, got {type_name(v)}")
     if "\0" in v:

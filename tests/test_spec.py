@@ -637,7 +637,8 @@ def test_agent_only_fields_in_defaults_are_for_the_agent_workstreams():
     ("copy_untracked", [".g?t"], "'.g?t' matches .git"),
     ("copy_untracked", ["config/a**"], "'config/a**': '**' can only be a whole part of the path"),
     ("conflict_group", "", "'' is blank; give a name, or leave the field out"),
-    ("conflict_group", "  \t", "'  \\t' must be one line"),
+    ("conflict_group", "  \t", "'  \\t' is blank"),
+    ("conflict_group", "a\rb", "'a\\rb' must be one line"),
     ("conflict_group", "   ", "'   ' is blank"),
 ])
 def test_meaningless_settings_are_refused(field, value, expected):
