@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .durations import parse_duration
+from .values import number, shown, shown_names, text, whole_number
 
 OPENROUTER = "https://openrouter.ai/api/v1"
 EDIT_FORMATS = ("diff", "whole")
 DEFAULT_MODEL = "deepseek-chat"
+MAX_MODEL_TOKENS = 100_000_000        # context_window and max_output_tokens
+MAX_PRICE_PER_MTOK = 10_000           # USD per million tokens
 
 
 @dataclass(frozen=True)
@@ -58,9 +62,44 @@ PRESETS: dict[str, Model] = {m.name: m for m in (
           edit_format="whole", input_cost_per_mtok=0.0, output_cost_per_mtok=0.0),
 )}
 
-MODEL_FIELDS = {"id": str, "base_url": str, "api_key_env": str, "context_window": int, "edit_format": str,
-                "input_cost_per_mtok": float, "output_cost_per_mtok": float, "max_output_tokens": int,
-                "timeout": "duration"}
+def _model_id(v: Any) -> str:
+    if not text(v).strip():
+        raise ValueError(f"{shown(v)} is blank; give the provider's model id")
+    return v
+
+
+def _base_url(v: Any) -> str:
+    if not text(v).lower().startswith(("http://", "https://")):
+        raise ValueError(f"{shown(v)} is not an http:// or https:// URL, e.g. \"http://127.0.0.1:8080/v1\"")
+    return v
+
+
+def _api_key_env(v: Any) -> str:
+    if text(v) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+        raise ValueError(f"{shown(v)} is not an environment variable name; name the variable holding the key, "
+                         "or \"\" for none")
+    return v
+
+
+def _edit_format(v: Any) -> str:
+    if v not in EDIT_FORMATS:
+        raise ValueError("use \"diff\" or \"whole\"")
+    return v
+
+
+def _timeout(v: Any) -> float:
+    seconds = parse_duration(v)
+    if seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+MODEL_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "id": _model_id, "base_url": _base_url, "api_key_env": _api_key_env,
+    "context_window": lambda v: whole_number(v, 1, MAX_MODEL_TOKENS), "edit_format": _edit_format,
+    "input_cost_per_mtok": lambda v: number(v, 0, MAX_PRICE_PER_MTOK),
+    "output_cost_per_mtok": lambda v: number(v, 0, MAX_PRICE_PER_MTOK),
+    "max_output_tokens": lambda v: whole_number(v, 1, MAX_MODEL_TOKENS), "timeout": _timeout}
 
 
 def parse_models(section: Any, where: str, problems: list[str]) -> dict[str, Model]:
@@ -70,42 +109,32 @@ def parse_models(section: Any, where: str, problems: list[str]) -> dict[str, Mod
         problems.append(f"{where}: section 'models': expected [models.NAME] tables")
         return out
     for name, fields in section.items():
+        table = f"{where}: [models.{shown(name)[1:-1]}]"
+        try:
+            text(name)
+        except ValueError as exc:
+            problems.append(f"{table}: the model name {exc}")
+            continue
         if not isinstance(fields, dict):
-            problems.append(f"{where}: [models.{name}]: expected a table")
+            problems.append(f"{table}: expected a table")
             continue
         values: dict[str, Any] = {}
         for key, value in fields.items():
-            kind = MODEL_FIELDS.get(key)
-            if kind is None:
+            check = MODEL_FIELDS.get(key)
+            if check is None:
                 hint = difflib.get_close_matches(key, MODEL_FIELDS, n=1)
-                problems.append(f"{where}: [models.{name}] field '{key}': unknown field"
+                problems.append(f"{table} field {shown(key)}: unknown field"
                                 + (f"; did you mean '{hint[0]}'?" if hint else ""))
                 continue
-            if kind == "duration":
-                try:
-                    value = parse_duration(value)
-                    if value <= 0:
-                        raise ValueError("must be greater than zero")
-                except ValueError as exc:
-                    problems.append(f"{where}: [models.{name}] field '{key}': {exc}")
-                    continue
-                values[key] = value
-                continue
-            ok = isinstance(value, kind) and not isinstance(value, bool)
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value, ok = float(value), True
-            if not ok or (kind in (int, float) and value < 0):
-                problems.append(f"{where}: [models.{name}] field '{key}': expected a "
-                                f"{'non-negative number' if kind in (int, float) else 'string'}")
-                continue
-            if key == "edit_format" and value not in EDIT_FORMATS:
-                problems.append(f"{where}: [models.{name}] field 'edit_format': use \"diff\" or \"whole\"")
-                continue
-            values[key] = value
+            try:
+                values[key] = check(value)
+            except ValueError as exc:
+                problems.append(f"{table} field '{key}': {exc}")
         base = PRESETS.get(name)
         if base is None and "id" not in values:
-            problems.append(f"{where}: [models.{name}] field 'id': required for a model that is not a preset "
-                            f"(presets: {', '.join(sorted(PRESETS))})")
+            if "id" not in fields:  # an id given but invalid is reported as such, not also as missing
+                problems.append(f"{table} field 'id': required for a model that is not a preset "
+                                f"(presets: {', '.join(sorted(PRESETS))})")
             continue
         if base is None:
             # A new entry needs a key only for OpenRouter, unless it names one.
@@ -137,10 +166,10 @@ def resolve(name: str, models: Mapping[str, Model]) -> Model:
             if preset.id == name:
                 return replace(preset, name=name)
         return Model(name, name, input_cost_per_mtok=None, output_cost_per_mtok=None)
-    known = sorted(set(models) | set(PRESETS))
-    hints = difflib.get_close_matches(name, known, n=3)
-    hint = f"did you mean {', '.join(hints)}?" if hints else f"known models: {', '.join(known)}"
-    raise ValueError(f"unknown model '{name}'; {hint} (or write a provider id such as 'vendor/model')")
+    known = set(models) | set(PRESETS)
+    hints = difflib.get_close_matches(name, sorted(known), n=3)
+    hint = f"did you mean {shown_names(hints)}?" if hints else f"known models: {shown_names(known)}"
+    raise ValueError(f"unknown model {shown(name)}; {hint} (or write a provider id such as 'vendor/model')")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from .integration import GitRun, integration_branch
 from .layout import Layout, layout_for, new_run_id, project_root
 from .planner import Plan, build_plan, select
 from .scheduler import SCHEDULES, Scheduler, lookahead, to_release
-from .spec import LLMSettings, Source, load_source, source_digest, workstreams_from_snapshots
+from .spec import (LLMSettings, Source, load_source, project_problems, source_digest,
+                   workstreams_from_snapshots)
 from .state import StateStore, json_dumps, return_unstarted
 
 RUN_HEARTBEAT_SECONDS = 2.0
@@ -70,6 +71,8 @@ def prepare(options: RunOptions, cwd: Path | None = None) -> Prepared:
     if options.ws_ids:
         chosen = select(source.workstreams, options.ws_ids, options.with_deps)
     root = project_root(cwd)
+    if problems := project_problems(chosen, root):
+        raise SpecError(problems)
     layout = layout_for(options.state_dir, root)
     plan = build_plan(chosen, read_history(layout, [w.id for w in chosen]))
     use_git, notes, base_ref = check_git(options, plan, root)

@@ -8,19 +8,23 @@ Pure core: ``parse_documents`` turns already-read documents into validated
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import functools
 import hashlib
 import json
 import operator
+import os
 import re
+import stat
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields as dataclass_fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from .durations import parse_duration
 from .errors import SpecError
 from .models import DEFAULT_MODEL, EDIT_FORMATS, Model, Rules, parse_models, resolve, select_model
+from .values import number, shown, shown_names, shown_path, text, type_name as _tname, whole_number
 
 CONFIG_FILE = "agentrun.toml"
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -32,6 +36,26 @@ SCOPES = ("fail", "warn", "off")
 ON_CONFLICT = ("fail", "retry")
 MERGE_STRATEGIES = ("rebase", "merge")
 AGENTS = ("llm",)
+# Fields only the built-in agent reads: written on a command workstream they would mean nothing.
+AGENT_ONLY = ("model", "fallbacks", "max_repairs", "edit_format", "max_cost_usd", "max_tokens")
+
+# Ranges and sizes. Strings that become a process's arguments or environment are measured in UTF-8
+# bytes, well inside Linux's limits (128 KiB per string, about 2 MB for arguments and environment
+# together); the rest in characters.
+MAX_RETRIES = 100
+MAX_REPAIRS = 20
+MAX_TOKENS = 100_000_000
+MAX_COST_USD = 1_000_000
+MAX_RETRY_BACKOFF = 86400.0            # 1 day
+MAX_TITLE_CHARS = 500
+MAX_DESCRIPTION_CHARS = 100_000
+MAX_COMMAND_BYTES = 64 * 1024          # a shell command, or an argv list in all
+MAX_ENV_VALUE_BYTES = 32 * 1024
+MAX_ENV_BYTES = 256 * 1024             # a workstream's env, names and values, [defaults] included
+MAX_LIST_ITEMS = 10_000
+MAX_FILE_BYTES = 10 * 1024 * 1024      # one workstream file or agentrun.toml
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+HINT_CHARS = 200                       # longer names are no typo of a known one: no did-you-mean
 
 
 @dataclass(frozen=True)
@@ -126,32 +150,53 @@ class Workstream:
 # --- field checkers: each returns the normalised value or raises ValueError ---
 
 def _str(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError(f"expected a string, got {_tname(v)}")
+    return text(v)
+
+
+def _title(v: Any) -> str:
+    return text(v, MAX_TITLE_CHARS)
+
+
+def _description(v: Any) -> str:
+    return text(v, MAX_DESCRIPTION_CHARS, one_line=False)
+
+
+def _name(v: Any) -> str:
+    if not text(v).strip():
+        raise ValueError(f"{shown(v)} is blank; give a name, or leave the field out")
     return v
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     def check(v: Any) -> str:
-        _str(v)
+        if not isinstance(v, str):
+            raise ValueError(f"expected a string, got {_tname(v)}")
         if v not in options:
-            hint = difflib.get_close_matches(v, options, n=1)
+            hint = difflib.get_close_matches(v, options, n=1) if len(v) <= HINT_CHARS else []
             extra = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ValueError(f"{v!r} is not one of {', '.join(options)}{extra}")
+            raise ValueError(f"{shown(v)} is not one of {', '.join(options)}{extra}")
         return v
     return check
 
 
-def _str_list(v: Any) -> tuple[str, ...]:
-    if isinstance(v, str):
-        raise ValueError("expected a list of strings, got a string; write it as [\"...\"]")
-    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
-        raise ValueError("expected a list of non-empty strings")
-    return tuple(v)
+def _list_of(item: Callable[[Any], str]) -> Callable[[Any], tuple[str, ...]]:
+    def check(v: Any) -> tuple[str, ...]:
+        if isinstance(v, str):
+            raise ValueError("expected a list of strings, got a string; write it as [\"...\"]")
+        if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+            raise ValueError("expected a list of non-empty strings")
+        if len(v) > MAX_LIST_ITEMS:
+            raise ValueError(f"{len(v):,} items; at most {MAX_LIST_ITEMS:,}")
+        return tuple(item(x) for x in v)
+    return check
 
 
 def _duration(v: Any) -> float:
     return parse_duration(v)
+
+
+def _backoff(v: Any) -> float:
+    return parse_duration(v, MAX_RETRY_BACKOFF)
 
 
 def _opt_duration(v: Any) -> float | None:
@@ -161,21 +206,13 @@ def _opt_duration(v: Any) -> float | None:
     return seconds
 
 
-def _int_nonneg(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError(f"expected a whole number >= 0, got {v!r}")
-    return v
-
-
-def _nonneg_number(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != v:
-        raise ValueError(f"expected a number >= 0, got {v!r}")
-    return float(v)
+def _whole(high: int) -> Callable[[Any], int]:
+    return lambda v: whole_number(v, 0, high)
 
 
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
-        raise ValueError(f"expected true or false, got {v!r}")
+        raise ValueError(f"expected true or false, got {shown(v)}")
     return v
 
 
@@ -183,40 +220,57 @@ def _env(v: Any) -> dict[str, str]:
     if not isinstance(v, dict):
         raise ValueError(f"expected a table of NAME = \"value\", got {_tname(v)}")
     for key, val in v.items():
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise ValueError(f"{key!r} is not a valid environment variable name")
+        if not ENV_NAME_RE.fullmatch(key):
+            raise ValueError(f"{shown(key)} is not a valid environment variable name")
         if not isinstance(val, str):
             raise ValueError(f"value of {key} must be a string, got {_tname(val)}")
+        try:
+            text(val, MAX_ENV_VALUE_BYTES, one_line=False, in_bytes=True)
+        except ValueError as exc:
+            raise ValueError(f"value of {key}: {exc}") from None
+    _env_size(v)
     return dict(v)
 
 
-def _env_names(v: Any) -> tuple[str, ...]:
-    names = _str_list(v)
-    for name in names:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ValueError(f"{name!r} is not a valid environment variable name; write the name of the "
-                             "variable, such as \"OPENROUTER_API_KEY\"")
-    return names
+def _env_size(env: dict[str, str]) -> None:
+    size = sum(len(k) + len(v.encode()) + 2 for k, v in env.items())  # NAME=value and its NUL
+    if size > MAX_ENV_BYTES:
+        raise ValueError(f"{size:,} bytes of names and values in all; at most {MAX_ENV_BYTES:,} bytes")
+
+
+def _env_name(v: Any) -> str:
+    if not ENV_NAME_RE.fullmatch(text(v)):
+        raise ValueError(f"{shown(v)} is not a valid environment variable name; write the name of the "
+                         "variable, such as \"OPENROUTER_API_KEY\"")
+    return v
 
 
 def _command(v: Any) -> Command:
     if isinstance(v, str):
+        text(v, MAX_COMMAND_BYTES, one_line=False, in_bytes=True)
         if not v.strip():
             raise ValueError("the command is empty")
         return Command(shell=v)
     if isinstance(v, list):
         if not v or not all(isinstance(x, str) for x in v) or not v[0]:
             raise ValueError("an argv list must be non-empty strings, e.g. [\"pytest\", \"-q\"]")
+        for arg in v:
+            text(arg, MAX_COMMAND_BYTES, one_line=False, in_bytes=True)
+        size = sum(len(arg.encode()) + 1 for arg in v)
+        if size > MAX_COMMAND_BYTES:
+            raise ValueError(f"the argv list is {size:,} bytes in all; at most {MAX_COMMAND_BYTES:,} bytes")
         return Command(argv=tuple(v))
     if isinstance(v, dict):
         unknown = set(v) - {"name", "run"}
         if unknown or "run" not in v:
             raise ValueError("a command table takes exactly: run (required), name")
+        if isinstance(v["run"], dict):
+            raise ValueError("a command table's run is a command string or an argv list, not another table")
         inner = _command(v["run"])
         name = v.get("name", "")
         if not isinstance(name, str):
             raise ValueError("a command's name must be a string")
-        return Command(argv=inner.argv, shell=inner.shell, name=name)
+        return Command(argv=inner.argv, shell=inner.shell, name=text(name))
     raise ValueError(f"expected a command string or an argv list, got {_tname(v)}")
 
 
@@ -225,52 +279,58 @@ def _commands(v: Any) -> tuple[Command, ...]:
         return (_command(v),)
     if not isinstance(v, list):
         raise ValueError(f"expected a list of commands, got {_tname(v)}")
+    if len(v) > MAX_LIST_ITEMS:
+        raise ValueError(f"{len(v):,} commands; at most {MAX_LIST_ITEMS:,}")
     # A flat list of strings is ambiguous: treat it as several shell commands,
     # which is how people write lists of gates.
     return tuple(_command(x) for x in v)
 
 
 def _rel_path(v: Any) -> str:
-    _str(v)
-    p = Path(v)
+    p = PurePosixPath(text(v))
     if p.is_absolute() or ".." in p.parts:
-        raise ValueError(f"{v!r} must be a relative path inside the project (no '..')")
+        raise ValueError(f"{shown(v)} must be a relative path inside the project (no '..')")
+    if any(part.lower() == ".git" for part in p.parts):
+        raise ValueError(f"{shown(v)} reaches into .git, which git and agentrun manage; name files of the project")
     return v
 
 
-def _globs(v: Any) -> tuple[str, ...]:
-    items = _str_list(v)
-    for item in items:
-        _rel_path(item)
-    return items
+_globs = _list_of(_rel_path)
 
 
-def _tname(v: Any) -> str:
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}.get(type(v), type(v).__name__)
+def _untracked_pattern(v: Any) -> str:
+    parts = PurePosixPath(_rel_path(v)).parts
+    if all(set(part) <= {"*"} for part in parts):
+        raise ValueError(f"{shown(v)} matches every file; name the untracked files to copy, e.g. [\".env\"]")
+    if len(parts) == 1 and fnmatch.fnmatchcase(".git", parts[0].lower()):
+        # The project's .git can be a file (a linked worktree): copied, it would break the worktree.
+        raise ValueError(f"{shown(v)} matches .git; name the untracked files to copy, e.g. [\".env\"]")
+    if any("**" in part and part != "**" for part in parts):  # pathlib's glob refuses it
+        raise ValueError(f"{shown(v)}: '**' can only be a whole part of the path, e.g. \"config/**/*.local\"")
+    return v
 
 
 FIELDS: dict[str, Callable[[Any], Any]] = {
     "id": _str,
-    "title": _str,
-    "description": _str,
+    "title": _title,
+    "description": _description,
     "type": _choice(TYPES),
     "priority": _choice(PRIORITIES),
     "complexity": _choice(COMPLEXITIES),
-    "depends_on": _str_list,
+    "depends_on": _list_of(_str),
     "estimate": _duration,
     "files": _globs,
     "run": _command,
     "cwd": _rel_path,
     "env": _env,
-    "secrets": _env_names,
+    "secrets": _list_of(_env_name),
     "timeout": _opt_duration,
-    "retries": _int_nonneg,
-    "retry_backoff": _duration,
-    "tags": _str_list,
+    "retries": _whole(MAX_RETRIES),
+    "retry_backoff": _backoff,
+    "tags": _list_of(_str),
     "isolation": _choice(ISOLATIONS),
     "setup": _commands,
-    "copy_untracked": _globs,
+    "copy_untracked": _list_of(_untracked_pattern),
     "gates": _commands,
     "expect_changes": _bool,
     "scope": _choice(SCOPES),
@@ -278,15 +338,15 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "gate_after_merge": _bool,
     "on_conflict": _choice(ON_CONFLICT),
     "merge": _choice(MERGE_STRATEGIES),
-    "conflict_group": _str,
+    "conflict_group": _name,
     "parallel_ok": _bool,
     "agent": _choice(AGENTS),
-    "model": _str,
-    "fallbacks": _str_list,
-    "max_repairs": _int_nonneg,
+    "model": _name,
+    "fallbacks": _list_of(_str),
+    "max_repairs": _whole(MAX_REPAIRS),
     "edit_format": _choice(EDIT_FORMATS),
-    "max_cost_usd": _nonneg_number,
-    "max_tokens": _int_nonneg,
+    "max_cost_usd": lambda v: number(v, 0, MAX_COST_USD),
+    "max_tokens": _whole(MAX_TOKENS),
 }
 # Fields that describe one workstream's identity and cannot be defaults.
 NOT_DEFAULTABLE = {"id", "depends_on", "title", "description"}
@@ -380,9 +440,10 @@ class Source:
         return {w.id: w for w in self.workstreams}
 
 
-def _did_you_mean(name: str, options, known: str = "fields") -> str:
-    hint = difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.6)
-    return f"; did you mean '{hint[0]}'?" if hint else f"; known {known}: {', '.join(sorted(options))}"
+def _did_you_mean(name: Any, options, known: str = "fields") -> str:
+    hint = (difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.6)
+            if isinstance(name, str) and len(name) <= HINT_CHARS else [])
+    return f"; did you mean {shown(hint[0])}?" if hint else f"; known {known}: {shown_names(options)}"
 
 
 def _check_fields(raw: dict[str, Any], where: str, problems: list[str], allowed) -> dict[str, Any]:
@@ -390,12 +451,12 @@ def _check_fields(raw: dict[str, Any], where: str, problems: list[str], allowed)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in allowed:
-            problems.append(f"{where}: field '{key}': unknown field{_did_you_mean(key, allowed)}")
+            problems.append(f"{where}: field {shown(key)}: unknown field{_did_you_mean(key, allowed)}")
             continue
         try:
             out[key] = FIELDS[key](value)
         except ValueError as exc:
-            problems.append(f"{where}: field '{key}': {exc}")
+            problems.append(f"{where}: field {shown(key)}: {exc}")
     return out
 
 
@@ -406,10 +467,11 @@ def parse_config(name: str, doc: dict[str, Any], problems: list[str]) -> dict[st
 
 def parse_config_full(name: str, doc: dict[str, Any], problems: list[str]) -> tuple[dict[str, Any], LLMSettings]:
     """``[defaults]`` (workstream fields and model rules), ``[models.NAME]`` and ``[budget]``."""
+    name = shown_path(name)
     for key in doc:
         if key not in CONFIG_SECTIONS:
             hint = _did_you_mean(key, CONFIG_SECTIONS, "sections")
-            problems.append(f"{name}: section '{key}': unknown section{hint}")
+            problems.append(f"{name}: section {shown(key)}: unknown section{hint}")
     settings = LLMSettings()
     if "models" in doc:
         settings.models = parse_models(doc["models"], name, problems)
@@ -429,10 +491,17 @@ def parse_config_full(name: str, doc: dict[str, Any], problems: list[str]) -> tu
             problems.append(f"{name} [defaults]: field '{key}': expected a table such as "
                             f"{{ {allowed_keys[0]} = \"model-name\" }}")
             continue
-        for k in table:
+        named = True
+        for k, model_name in table.items():
             if k not in allowed_keys:
-                problems.append(f"{name} [defaults]: field '{key}': '{k}' is not one of {', '.join(allowed_keys)}")
-        rules[key] = dict(table)
+                problems.append(f"{name} [defaults]: field '{key}': {shown(k)} is not one of {', '.join(allowed_keys)}")
+            try:
+                _name(model_name)
+            except ValueError as exc:
+                problems.append(f"{name} [defaults]: field '{key}': {shown(k)}: {exc}")
+                named = False
+        if named:
+            rules[key] = dict(table)
     allowed = set(FIELDS) - NOT_DEFAULTABLE
     values = _check_fields(defaults, f"{name} [defaults]", problems, allowed)
     settings.rules = Rules(values.pop("model", DEFAULT_MODEL), rules.get("model_by_complexity"),
@@ -450,22 +519,16 @@ def _parse_budget(name: str, raw: Any, problems: list[str]) -> Budget:
     if not isinstance(raw, dict):
         problems.append(f"{name}: section 'budget': expected a table")
         return Budget()
-    known = ("max_cost_usd", "max_tokens", "warn_at", "mode")
+    checks: dict[str, Callable[[Any], Any]] = {
+        "max_cost_usd": FIELDS["max_cost_usd"], "max_tokens": FIELDS["max_tokens"],
+        "warn_at": lambda v: number(v, 0, 1), "mode": _choice(BUDGET_MODES)}
     values: dict[str, Any] = {}
     for key, value in raw.items():
+        if key not in checks:
+            problems.append(f"{name} [budget]: field {shown(key)}: unknown field{_did_you_mean(key, checks)}")
+            continue
         try:
-            if key == "max_cost_usd":
-                values[key] = _nonneg_number(value)
-            elif key == "max_tokens":
-                values[key] = _int_nonneg(value)
-            elif key == "warn_at":
-                values[key] = _nonneg_number(value)
-                if values[key] > 1:
-                    raise ValueError("a fraction between 0 and 1, e.g. 0.8")
-            elif key == "mode":
-                values[key] = _choice(BUDGET_MODES)(value)
-            else:
-                problems.append(f"{name} [budget]: field '{key}': unknown field{_did_you_mean(key, known)}")
+            values[key] = checks[key](value)
         except ValueError as exc:
             problems.append(f"{name} [budget]: field '{key}': {exc}")
     return Budget(**values)
@@ -474,13 +537,14 @@ def _parse_budget(name: str, raw: Any, problems: list[str]) -> Budget:
 def _entries(name: str, doc: Any, problems: list[str]) -> list[tuple[str, dict[str, Any]]]:
     """Split one document into (where, raw workstream) pairs."""
     stem = Path(name).stem
+    name = shown_path(name)
     if not isinstance(doc, dict):
         problems.append(f"{name}: expected a table (one workstream) or [[workstream]] tables")
         return []
     if "workstream" in doc:
         extra = [k for k in doc if k != "workstream"]
         if extra:
-            problems.append(f"{name}: field '{extra[0]}': a file with [[workstream]] tables holds nothing else; "
+            problems.append(f"{name}: field {shown(extra[0])}: a file with [[workstream]] tables holds nothing else; "
                             "move it into a [[workstream]] or [defaults] in agentrun.toml")
         items = doc["workstream"]
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
@@ -492,11 +556,11 @@ def _entries(name: str, doc: Any, problems: list[str]) -> list[tuple[str, dict[s
             if ws_id is None:
                 problems.append(f"{name}: workstream #{index + 1}: field 'id': required in a [[workstream]] table")
                 continue
-            out.append((f"{name}: workstream '{ws_id}'", item))
+            out.append((f"{name}: workstream {shown(ws_id)}", item))
         return out
     item = dict(doc)
     item.setdefault("id", stem)
-    return [(f"{name}: workstream '{item['id']}'", item)]
+    return [(f"{name}: workstream {shown(item['id'])}", item)]
 
 
 def parse_documents(docs: list[tuple[str, Any]], config: dict[str, Any] | None = None,
@@ -522,14 +586,15 @@ def parse_source(docs: list[tuple[str, Any]], config: dict[str, Any] | None = No
             values = _check_fields(raw, where, problems, FIELDS)
             ws_id = values.get("id")
             if isinstance(ws_id, str) and not ID_RE.fullmatch(ws_id):
-                problems.append(f"{where}: field 'id': {ws_id!r} is not a valid id; use lowercase letters, "
+                problems.append(f"{where}: field 'id': {shown(ws_id)} is not a valid id; use lowercase letters, "
                                 "digits, '.', '_' and '-', starting with a letter or digit")
             elif isinstance(ws_id, str) and (".." in ws_id or ws_id.endswith(".lock") or ws_id.endswith(".")):
-                problems.append(f"{where}: field 'id': {ws_id!r} cannot contain '..' or end in '.' or '.lock' "
+                problems.append(f"{where}: field 'id': {shown(ws_id)} cannot contain '..' or end in '.' or '.lock' "
                                 "(it becomes a git branch name)")
             if isinstance(ws_id, str):
                 if ws_id in seen:
-                    problems.append(f"{where}: field 'id': duplicate id '{ws_id}', also defined in {seen[ws_id]}")
+                    problems.append(f"{where}: field 'id': duplicate id {shown(ws_id)}, also defined in "
+                                    f"{shown_path(seen[ws_id])}")
                 else:
                     seen[ws_id] = name
             merged = {**defaults, **values}
@@ -543,6 +608,15 @@ def parse_source(docs: list[tuple[str, Any]], config: dict[str, Any] | None = No
             elif "run" not in merged and "run" not in raw and not run_in_defaults:
                 problems.append(f"{where}: field 'run': required; give the command to run, "
                                 "e.g. run = \"pytest -q\" (or agent = \"llm\")")
+            if "agent" not in merged:
+                # From [defaults] they are meant for the agent workstreams; written here, a mistake.
+                problems.extend(f"{where}: field '{key}': only the built-in agent (agent = \"llm\") reads it, "
+                                "and this workstream runs a command; remove it" for key in AGENT_ONLY if key in raw)
+            if "env" in merged and "env" in values:
+                try:
+                    _env_size(merged["env"])
+                except ValueError as exc:
+                    problems.append(f"{where}: field 'env': with the [defaults] env, {exc}")
             if len(problems) > before or ("run" not in merged and "agent" not in merged):
                 continue
             ws = Workstream(source=name, **merged)
@@ -553,14 +627,14 @@ def parse_source(docs: list[tuple[str, Any]], config: dict[str, Any] | None = No
     for ws in built:
         for dep in ws.depends_on:
             if dep == ws.id:
-                problems.append(f"{ws.source}: workstream '{ws.id}': field 'depends_on': "
+                problems.append(f"{shown_path(ws.source)}: workstream '{ws.id}': field 'depends_on': "
                                 "a workstream cannot depend on itself")
             elif dep not in by_id and dep not in seen:
-                problems.append(f"{ws.source}: workstream '{ws.id}': field 'depends_on': unknown workstream "
-                                f"'{dep}'{_did_you_mean(dep, seen, 'workstreams') if seen else ''}")
+                problems.append(f"{shown_path(ws.source)}: workstream '{ws.id}': field 'depends_on': unknown "
+                                f"workstream {shown(dep)}{_did_you_mean(dep, seen, 'workstreams') if seen else ''}")
     for cycle in find_cycles(built):
         first = by_id[cycle[0]]
-        problems.append(f"{first.source}: workstream '{first.id}': field 'depends_on': dependency cycle "
+        problems.append(f"{shown_path(first.source)}: workstream '{first.id}': field 'depends_on': dependency cycle "
                         + " -> ".join(cycle + [cycle[0]]))
     if problems:
         raise SpecError(problems)
@@ -612,66 +686,107 @@ def find_cycles(workstreams: list[Workstream]) -> list[list[str]]:
     return cycles
 
 
+_NOT_REGULAR = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket",
+                stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def _check_regular(mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"not a regular file but {_NOT_REGULAR.get(stat.S_IFMT(mode), 'a special file')}; "
+                         "workstream files and agentrun.toml are plain files")
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES. Anything else is refused from its stat,
+    before it is opened: reading a FIFO waits for a writer forever, and a device may never end."""
+    _check_regular(os.stat(path).st_mode)
+    # Should the file have been swapped for a FIFO since the stat, a non-blocking open still returns.
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY), "rb") as fh:
+        _check_regular(os.fstat(fh.fileno()).st_mode)
+        data = fh.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_FILE_BYTES:,} bytes; split it into several files")
+    return data
+
+
 def read_document(path: Path) -> Any:
     """Parse one TOML or JSON file; ValueError carries a user-facing message."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    data = _read_regular(path)
     try:
-        return tomllib.loads(text)
+        # Universal newlines, as reading in text mode gives: the hash of a definition does not
+        # depend on how the file ends its lines.
+        content = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start:,}); "
+                         "save it as UTF-8") from None
+    kind = "JSON" if path.suffix == ".json" else "TOML"
+    try:
+        return json.loads(content) if kind == "JSON" else tomllib.loads(content)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"invalid {kind}: nested too deeply to read; a workstream file needs a few levels "
+                         "of tables and lists at most") from None
+    except ValueError as exc:  # an integer longer than Python converts; the rest says how to raise that limit
+        raise ValueError(f"invalid {kind}: {str(exc).split(';')[0]}") from None
 
 
 def source_files(path: Path) -> tuple[list[Path], Path]:
-    """The workstream files of a source and its (possibly absent) config file."""
-    if path.is_dir():
+    """The workstream files of a source and its (possibly absent) config file; OSError if the
+    source cannot be read. A directory lists only its regular files."""
+    if stat.S_ISDIR(os.stat(path).st_mode):
         files = sorted(p for p in path.iterdir()
-                       if p.is_file() and p.suffix in (".toml", ".json") and p.name != CONFIG_FILE)
+                       if p.suffix in (".toml", ".json") and p.name != CONFIG_FILE and p.is_file())
         return files, path / CONFIG_FILE
     return [path], path.parent / CONFIG_FILE
 
 
 def source_digest(source: str | Path) -> str | None:
     """A hash of the source's bytes: unchanged files need not be parsed again (None if unreadable)."""
-    path = Path(source)
-    if not path.exists():
-        return None
-    files, config = source_files(path)
     digest = hashlib.sha256()
-    for file in files + ([config] if config.is_file() else []):
-        try:
-            digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
-        except OSError:
-            return None
+    try:
+        files, config = source_files(Path(source))
+        for file in files + ([config] if config.exists() else []):
+            digest.update(file.name.encode() + b"\0" + _read_regular(file) + b"\0")
+    except (OSError, ValueError):
+        return None
     return digest.hexdigest()
+
+
+def _unreadable(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return f"cannot read it ({exc.strerror or exc})"
+    return str(exc)
 
 
 def load_source(source: str | Path) -> Source:
     """Read a directory of workstream files (or one file) and validate it all."""
     path = Path(source)
-    if not path.exists():
-        raise SpecError([f"{source}: no such file or directory; pass the directory holding your "
-                         "workstream files (default: waves/)"])
-    files, config_path = source_files(path)
+    try:
+        files, config_path = source_files(path)
+        has_config = config_path.exists()
+    except (FileNotFoundError, NotADirectoryError):
+        raise SpecError([f"{shown_path(source)}: no such file or directory; pass the directory holding your "
+                         "workstream files (default: waves/)"]) from None
+    except OSError as exc:
+        raise SpecError([f"{shown_path(source)}: {_unreadable(exc)}"]) from None
     problems: list[str] = []
     docs: list[tuple[str, Any]] = []
     for file in files:
         try:
             docs.append((str(file), read_document(file)))
-        except (ValueError, UnicodeDecodeError, OSError) as exc:
-            problems.append(f"{file}: {exc}")
+        except (ValueError, OSError) as exc:
+            problems.append(f"{shown_path(file)}: {_unreadable(exc)}")
     config: dict[str, Any] = {}
-    if config_path.is_file():
+    if has_config:
         try:
             config = read_document(config_path)
-        except (ValueError, UnicodeDecodeError, OSError) as exc:
-            problems.append(f"{config_path}: {exc}")
+        except (ValueError, OSError) as exc:
+            problems.append(f"{shown_path(config_path)}: {_unreadable(exc)}")
     if not files and not problems:
-        problems.append(f"{source}: no workstream files (*.toml, *.json) found")
+        problems.append(f"{shown_path(source)}: no workstream files (*.toml, *.json) found")
     try:
         workstreams, settings = parse_source(docs, config, str(config_path))
     except SpecError as exc:
@@ -679,6 +794,27 @@ def load_source(source: str | Path) -> Source:
     if problems:
         raise SpecError(problems)
     return Source(str(path), workstreams, settings, [str(f) for f in files])
+
+
+def project_problems(workstreams: list[Workstream], root: Path) -> list[str]:
+    """What only the project itself can show to be wrong: a ``cwd`` naming a file (or a path under
+    one). A ``cwd`` that does not exist yet is fine: ``setup`` or a dependency may create it."""
+    problems: list[str] = []
+    for ws in workstreams:
+        if ws.cwd is None:
+            continue
+        here = root
+        for part in PurePosixPath(ws.cwd).parts:
+            here = here / part
+            try:
+                mode = os.stat(here).st_mode
+            except OSError:
+                break
+            if not stat.S_ISDIR(mode):
+                problems.append(f"{shown_path(ws.source)}: workstream '{ws.id}': field 'cwd': {shown(ws.cwd)} is "
+                                f"a file in {shown_path(root)}, not a directory; name the directory to run in")
+                break
+    return problems
 
 
 def workstreams_from_snapshots(snapshots: list[dict[str, Any]], source: str) -> dict[str, Workstream]:

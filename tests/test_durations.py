@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentrun.durations import format_duration, parse_duration
+from agentrun.durations import MAX_DURATION, format_duration, parse_duration
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -82,9 +82,30 @@ def test_compound_durations_add_up(h, m, s, ms):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False))
-def test_every_finite_non_negative_number_is_accepted_unchanged(value):
+@given(st.floats(min_value=0, max_value=MAX_DURATION, allow_nan=False, allow_infinity=False))
+def test_every_number_up_to_the_maximum_is_accepted_unchanged(value):
     assert parse_duration(value) == value
+
+
+@pytest.mark.parametrize("value, maximum, expected", [
+    ("31d", MAX_DURATION, "'31d' is out of range; use a duration from 0s to 30d"),
+    (MAX_DURATION + 1, MAX_DURATION, "2592001.0 is out of range; use a duration from 0s to 30d"),
+    (10 ** 18, MAX_DURATION, "1000000000000000000 is out of range; use a duration from 0s to 30d"),
+    ("25h", 86400.0, "'25h' is out of range; use a duration from 0s to 1d"),
+    (91, 90.0, "91 is out of range; use a duration from 0s to 90s"),
+])
+def test_durations_past_the_maximum_are_refused_with_the_range(value, maximum, expected):
+    assert parse_duration(maximum) == maximum
+    with pytest.raises(ValueError) as info:
+        parse_duration(value, maximum)
+    assert str(info.value) == expected
+
+
+def test_a_huge_duration_string_is_quoted_short_and_on_one_line():
+    with pytest.raises(ValueError) as info:
+        parse_duration("5x\n" * 1_000_000)
+    message = str(info.value)
+    assert len(message) < 300 and "\n" not in message and "..." in message
 
 
 @pytest.mark.parametrize("seconds, text", [

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
 
 from agentrun.errors import SpecError
-from agentrun.spec import Command, Workstream, find_cycles, load_source, parse_documents
+from agentrun.spec import (MAX_FILE_BYTES, Command, Workstream, find_cycles, load_source, parse_documents,
+                           parse_source, project_problems)
+from conftest import agentrun
+from gitutil import all_refs, init_repo
 
 
 def write(directory: Path, name: str, text: str) -> Path:
@@ -186,9 +191,9 @@ def test_bad_choice_suggests_the_closest_value():
 
 @pytest.mark.parametrize("field, value, expected", [
     ("priority", 5, "expected a string, got a number"),
-    ("retries", "3", "expected a whole number >= 0"),
-    ("retries", -1, "expected a whole number >= 0"),
-    ("retries", True, "expected a whole number >= 0"),
+    ("retries", "3", "expected a whole number from 0 to 100, got '3'"),
+    ("retries", -1, "-1 is out of range; use a whole number from 0 to 100"),
+    ("retries", True, "expected a whole number from 0 to 100, got True"),
     ("depends_on", "b", "got a string; write it as [\"...\"]"),
     ("depends_on", ["b", 3], "expected a list of non-empty strings"),
     ("tags", [""], "expected a list of non-empty strings"),
@@ -419,7 +424,8 @@ def test_snapshot_is_the_canonical_json_of_to_json_byte_for_byte(tmp_path):
     # Hashes recorded by earlier versions must keep matching: the field-by-field snapshot has to
     # give exactly what json.dumps of the whole definition gives, for defaults and for every kind
     # of value (commands, command lists, tables, floats that look like ints, non-ASCII text).
-    (tmp_path / "agentrun.toml").write_text('[defaults]\nretries = 2\nenv = { B = "2", A = "1" }\n')
+    (tmp_path / "agentrun.toml").write_text('[defaults]\nretries = 2\nenv = { B = "2", A = "1" }\n'
+                                            'max_cost_usd = 0.5\nmax_tokens = 1000\n')
     (tmp_path / "ws.toml").write_text('''
 [[workstream]]
 id = "plain"
@@ -446,8 +452,6 @@ setup = ["make deps", { name = "venv", run = ["python", "-m", "venv", ".v"] }]
 gates = [{ name = "tests", run = "pytest -q" }]
 expect_changes = false
 parallel_ok = false
-max_cost_usd = 0.5
-max_tokens = 1000
 ''')
     for ws in load_source(tmp_path).workstreams:
         expected = json.dumps(ws.to_json(), sort_keys=True, separators=(",", ":"))
@@ -456,3 +460,346 @@ max_tokens = 1000
     odd = Workstream(id="odd", retry_backoff=1, retries=0)
     assert odd.snapshot()[0] == json.dumps(odd.to_json(), sort_keys=True, separators=(",", ":"))
     assert '"retry_backoff":1,' in odd.snapshot()[0]
+
+
+# --- ranges: every number has one (issue 10, item 14) -------------------------------
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("retries", 9223372036854775807,
+     "9223372036854775807 is out of range; use a whole number from 0 to 100"),
+    ("retries", 101, "101 is out of range; use a whole number from 0 to 100"),
+    ("timeout", "31d", "'31d' is out of range; use a duration from 0s to 30d"),
+    ("estimate", 10 ** 30, "is out of range; use a duration from 0s to 30d"),
+    ("retry_backoff", "25h", "'25h' is out of range; use a duration from 0s to 1d"),
+])
+def test_numbers_out_of_range_say_the_range_and_the_value(field, value, expected):
+    problem = only_problem(spec_error([("a.toml", {"run": "true", field: value})]))
+    assert problem.startswith(f"a.toml: workstream 'a': field '{field}': ")
+    assert problem.endswith(expected)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("max_repairs", 21, "21 is out of range; use a whole number from 0 to 20"),
+    ("max_tokens", 100_000_001, "100000001 is out of range; use a whole number from 0 to 100,000,000"),
+    ("max_cost_usd", float("inf"), "inf is out of range; use a number from 0 to 1,000,000"),
+    ("max_cost_usd", float("nan"), "nan is out of range; use a number from 0 to 1,000,000"),
+    ("max_cost_usd", -0.01, "-0.01 is out of range; use a number from 0 to 1,000,000"),
+])
+def test_agent_numbers_out_of_range(field, value, expected):
+    raw = {"agent": "llm", "files": ["a.py"], field: value}
+    assert only_problem(spec_error([("a.toml", raw)])) == f"a.toml: workstream 'a': field '{field}': {expected}"
+
+
+def test_the_largest_values_in_range_are_accepted():
+    raw = {"agent": "llm", "files": ["a.py"], "retries": 100, "max_repairs": 20, "max_tokens": 100_000_000,
+           "max_cost_usd": 1_000_000, "timeout": "30d", "estimate": "30d", "retry_backoff": "1d"}
+    ws = parse_documents([("a.toml", raw)])[0]
+    assert (ws.retries, ws.max_repairs, ws.max_tokens, ws.max_cost_usd) == (100, 20, 100_000_000, 1_000_000.0)
+    assert (ws.timeout, ws.estimate, ws.retry_backoff) == (2_592_000.0, 2_592_000.0, 86_400.0)
+
+
+@pytest.mark.parametrize("section, expected", [
+    ({"defaults": {"retries": 10 ** 20}}, "agentrun.toml [defaults]: field 'retries': 100000000000000000000 is "
+                                          "out of range; use a whole number from 0 to 100"),
+    ({"budget": {"max_cost_usd": 1e300}}, "agentrun.toml [budget]: field 'max_cost_usd': 1e+300 is out of range; "
+                                          "use a number from 0 to 1,000,000"),
+    ({"budget": {"max_tokens": -1}}, "agentrun.toml [budget]: field 'max_tokens': -1 is out of range; "
+                                     "use a whole number from 0 to 100,000,000"),
+    ({"budget": {"warn_at": 1.5}}, "agentrun.toml [budget]: field 'warn_at': 1.5 is out of range; "
+                                   "use a number from 0 to 1"),
+    ({"models": {"m": {"id": "v/m", "context_window": 0}}},
+     "agentrun.toml: [models.m] field 'context_window': 0 is out of range; use a whole number from 1 to 100,000,000"),
+    ({"models": {"m": {"id": "v/m", "max_output_tokens": 10 ** 9}}},
+     "agentrun.toml: [models.m] field 'max_output_tokens': 1000000000 is out of range; "
+     "use a whole number from 1 to 100,000,000"),
+    ({"models": {"m": {"id": "v/m", "input_cost_per_mtok": float("nan")}}},
+     "agentrun.toml: [models.m] field 'input_cost_per_mtok': nan is out of range; use a number from 0 to 10,000"),
+    ({"models": {"m": {"id": "v/m", "output_cost_per_mtok": 20_000}}},
+     "agentrun.toml: [models.m] field 'output_cost_per_mtok': 20000 is out of range; use a number from 0 to 10,000"),
+    ({"models": {"m": {"id": "v/m", "timeout": "31d"}}},
+     "agentrun.toml: [models.m] field 'timeout': '31d' is out of range; use a duration from 0s to 30d"),
+    ({"models": {"m": {"id": "v/m", "api_key_env": "MY KEY"}}},
+     "agentrun.toml: [models.m] field 'api_key_env': 'MY KEY' is not an environment variable name; name the "
+     "variable holding the key, or \"\" for none"),
+    ({"models": {"m": {"id": "v/m", "base_url": "127.0.0.1:8080"}}},
+     "agentrun.toml: [models.m] field 'base_url': '127.0.0.1:8080' is not an http:// or https:// URL, "
+     "e.g. \"http://127.0.0.1:8080/v1\""),
+    ({"models": {"m": {"id": " "}}},
+     "agentrun.toml: [models.m] field 'id': ' ' is blank; give the provider's model id"),
+])
+def test_config_numbers_and_names_are_checked(section, expected):
+    assert only_problem(spec_error([("a.toml", {"run": "true"})], section)) == expected
+
+
+def test_model_fields_within_range_are_taken():
+    config = {"models": {"m": {"id": "v/m", "context_window": 100_000_000, "max_output_tokens": 1,
+                               "input_cost_per_mtok": 0, "output_cost_per_mtok": 10_000, "timeout": "30d",
+                               "api_key_env": "", "base_url": "https://example.test/v1"}}}
+    workstreams, settings = parse_source([("a.toml", {"agent": "llm", "files": ["a.py"], "model": "m"})], config)
+    model = settings.model_for(workstreams[0])
+    assert (model.context_window, model.max_output_tokens, model.timeout) == (100_000_000, 1, 2_592_000.0)
+    assert (model.input_cost_per_mtok, model.output_cost_per_mtok, model.api_key_env) == (0.0, 10_000.0, None)
+
+
+# --- strings: no NUL, valid Unicode, bounded (item 16) ------------------------------
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("title", "a\0b", "'a\\x00b' contains a NUL character"),
+    ("title", "\ud800", "'\\ud800' is not valid Unicode (it holds a lone surrogate)"),
+    ("title", "two\nlines", "'two\\nlines' must be one line"),
+    ("title", "x" * 501, "is 501 characters long; at most 500 characters"),
+    ("description", "d" * 100_001, "is 100,001 characters long; at most 100,000 characters"),
+    ("description", "nul\0", "contains a NUL character"),
+    ("run", "echo \0", "contains a NUL character"),
+    ("run", "x" * 65_537, "is 65,537 bytes long; at most 65,536 bytes"),
+    ("run", "é" * 40_000, "is 80,000 bytes long; at most 65,536 bytes"),
+    ("run", ["echo", "ok\ud800"], "is not valid Unicode"),
+    ("run", ["echo"] + ["y" * 60_000] * 2, "the argv list is 120,007 bytes in all; at most 65,536 bytes"),
+    ("run", {"name": "a\nb", "run": "true"}, "'a\\nb' must be one line"),
+    ("run", {"run": {"run": "true"}}, "a command table's run is a command string or an argv list"),
+    ("gates", ["true"] * 10_001, "10,001 commands; at most 10,000"),
+    ("env", {"A": "v" * 32_769}, "value of A: 'vvv"),
+    ("env", {"A": "nul\0"}, "value of A: 'nul\\x00' contains a NUL character"),
+    ("env", {f"V{i}": "v" * 30_000 for i in range(9)}, "270,036 bytes of names and values in all; "
+                                                      "at most 262,144 bytes"),
+    ("env", {"A\0": "1"}, "'A\\x00' is not a valid environment variable name"),
+    ("tags", ["ok", "no\0"], "contains a NUL character"),
+    ("tags", ["t"] * 10_001, "10,001 items; at most 10,000"),
+    ("depends_on", ["x" * 1025], "is 1,025 characters long; at most 1,024 characters"),
+    ("files", ["src/\ud800.py"], "is not valid Unicode"),
+    ("cwd", "a\0", "contains a NUL character"),
+    ("conflict_group", "db\n", "must be one line"),
+])
+def test_strings_no_process_can_carry_are_refused(field, value, expected):
+    problem = only_problem(spec_error([("a.json", {"run": "true", field: value})]))
+    assert problem.startswith(f"a.json: workstream 'a': field '{field}': ")
+    assert expected in problem
+    assert len(problem) < 400 and len(problem.splitlines()) == 1
+
+
+def test_the_env_limit_counts_the_defaults_env_too():
+    half = {f"D{i}": "d" * 30_000 for i in range(5)}
+    own = {f"W{i}": "w" * 30_000 for i in range(5)}
+    assert parse_documents([("a.toml", {"run": "true"})], {"defaults": {"env": half}})[0].env == half
+    problem = only_problem(spec_error([("a.toml", {"run": "true", "env": own})], {"defaults": {"env": half}}))
+    assert problem == ("a.toml: workstream 'a': field 'env': with the [defaults] env, 300,040 bytes of names "
+                       "and values in all; at most 262,144 bytes")
+
+
+def test_strings_at_their_limits_are_accepted():
+    raw = {"run": ["echo", "é" * 32_000], "title": "t" * 500, "description": "line\n" * 20_000,
+           "env": {"A": "a" * 32_768, "MULTI": "one\ntwo"}, "gates": "printf 'a\\nb'\n" * 4_000}
+    ws = parse_documents([("a.toml", raw)])[0]
+    assert ws.run.argv[1] == "é" * 32_000 and len(ws.title) == 500 and ws.env["MULTI"] == "one\ntwo"
+
+
+# --- settings that mean nothing (item 17) ---------------------------------------------
+
+@pytest.mark.parametrize("field, value", [
+    ("model", "deepseek-chat"), ("fallbacks", ["gemini-flash"]), ("max_repairs", 1), ("edit_format", "whole"),
+    ("max_cost_usd", 0.5), ("max_tokens", 1000),
+])
+def test_agent_only_fields_on_a_command_workstream_are_refused(field, value):
+    problem = only_problem(spec_error([("a.toml", {"run": "make", field: value})]))
+    assert problem == (f"a.toml: workstream 'a': field '{field}': only the built-in agent (agent = \"llm\") reads "
+                       "it, and this workstream runs a command; remove it")
+    # ... also when the command comes from [defaults]
+    assert only_problem(spec_error([("a.toml", {field: value})], {"defaults": {"run": "make"}})) == problem
+
+
+def test_agent_only_fields_in_defaults_are_for_the_agent_workstreams():
+    defaults = {"model": "gemini-flash", "fallbacks": ["llama-3.3"], "max_repairs": 1, "edit_format": "whole",
+                "max_cost_usd": 0.5, "max_tokens": 1000}
+    by_id = {w.id: w for w in parse_documents([("cmd.toml", {"run": "make"}),
+                                               ("llm.toml", {"agent": "llm", "files": ["a.py"]})],
+                                              {"defaults": defaults})}
+    assert by_id["cmd"].run == Command(shell="make")
+    agent = by_id["llm"]
+    assert (agent.model, agent.fallbacks, agent.max_repairs, agent.edit_format) == \
+        ("gemini-flash", ("llama-3.3",), 1, "whole")
+    assert (agent.max_cost_usd, agent.max_tokens) == (0.5, 1000)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("files", [".git/config"], "'.git/config' reaches into .git"),
+    ("files", ["src/.git"], "'src/.git' reaches into .git"),
+    ("files", [".GIT/hooks/*"], "'.GIT/hooks/*' reaches into .git"),
+    ("cwd", ".git", "'.git' reaches into .git"),
+    ("cwd", "./.git/hooks", "'./.git/hooks' reaches into .git"),
+    ("copy_untracked", [".git"], "'.git' reaches into .git"),
+    ("copy_untracked", [".git/**"], "'.git/**' reaches into .git"),
+    ("copy_untracked", ["*"], "'*' matches every file; name the untracked files to copy, e.g. [\".env\"]"),
+    ("copy_untracked", ["**"], "'**' matches every file"),
+    ("copy_untracked", ["**/*"], "'**/*' matches every file"),
+    ("copy_untracked", ["./*"], "'./*' matches every file"),
+    ("copy_untracked", ["."], "'.' matches every file"),
+    ("copy_untracked", [".*"], "'.*' matches .git; name the untracked files to copy"),
+    ("copy_untracked", [".g?t"], "'.g?t' matches .git"),
+    ("copy_untracked", ["config/a**"], "'config/a**': '**' can only be a whole part of the path"),
+    ("conflict_group", "", "'' is blank; give a name, or leave the field out"),
+    ("conflict_group", "  \t", "'  \\t' is blank"),
+    ("conflict_group", "a\rb", "'a\\rb' must be one line"),
+    ("conflict_group", "   ", "'   ' is blank"),
+])
+def test_meaningless_settings_are_refused(field, value, expected):
+    problem = only_problem(spec_error([("a.toml", {"run": "true", field: value})]))
+    assert problem.startswith(f"a.toml: workstream 'a': field '{field}': {expected}")
+
+
+def test_sensible_paths_and_patterns_are_accepted():
+    ws = parse_documents([("a.toml", {"run": "true", "files": [".github/workflows/ci.yml", "src/**/*.py", "."],
+                                      "cwd": "sub/dir", "copy_untracked": [".env", "config/*.local", "**/.envrc"],
+                                      "conflict_group": "db"})])[0]
+    assert ws.copy_untracked == (".env", "config/*.local", "**/.envrc") and ws.conflict_group == "db"
+
+
+def test_a_cwd_naming_a_file_of_the_project_is_a_problem(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "README.md").write_text("hi\n")
+    workstreams = parse_documents([("w/a.toml", {"run": "true", "cwd": "README.md"}),
+                                   ("w/b.toml", {"run": "true", "cwd": "README.md/sub"}),
+                                   ("w/c.toml", {"run": "true", "cwd": "src"}),
+                                   ("w/d.toml", {"run": "true", "cwd": "build/out"}),   # made later by setup
+                                   ("w/e.toml", {"run": "true"})])
+    problems = project_problems(workstreams, tmp_path)
+    assert problems == [
+        f"w/a.toml: workstream 'a': field 'cwd': 'README.md' is a file in {tmp_path}, not a directory; "
+        "name the directory to run in",
+        f"w/b.toml: workstream 'b': field 'cwd': 'README.md/sub' is a file in {tmp_path}, not a directory; "
+        "name the directory to run in"]
+
+
+# --- files that cannot be read safely (item 15) -------------------------------------
+
+def test_deeply_nested_files_are_one_problem_each(tmp_path):
+    write(tmp_path, "deep.json", '{"run": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    write(tmp_path, "deep.toml", "run = " + "[" * 5_000 + "]" * 5_000 + "\n")
+    write(tmp_path, "agentrun.toml", "[defaults]\nenv = " + "{ A = " * 3_000 + '"x"' + " }" * 3_000 + "\n")
+    err = load_error(tmp_path)
+    assert sorted(err.problems) == [
+        f"{tmp_path / 'agentrun.toml'}: invalid TOML: nested too deeply to read; a workstream file needs a few "
+        "levels of tables and lists at most",
+        f"{tmp_path / 'deep.json'}: invalid JSON: nested too deeply to read; a workstream file needs a few "
+        "levels of tables and lists at most",
+        f"{tmp_path / 'deep.toml'}: invalid TOML: nested too deeply to read; a workstream file needs a few "
+        "levels of tables and lists at most"]
+
+
+def test_files_that_are_not_regular_files_are_refused_unopened(tmp_path):
+    d = tmp_path / "w"
+    write(d, "a.toml", 'run = "true"\n')
+    os.mkfifo(d / "pipe.toml")      # in a directory source, only regular files are workstream files
+    assert [w.id for w in load_source(d).workstreams] == ["a"]
+    os.mkfifo(d / "agentrun.toml")
+    assert only_problem(load_error(d)) == (f"{d / 'agentrun.toml'}: not a regular file but a named pipe (FIFO); "
+                                           "workstream files and agentrun.toml are plain files")
+    (d / "agentrun.toml").unlink()
+    (d / "agentrun.toml").mkdir()
+    assert only_problem(load_error(d)) == (f"{d / 'agentrun.toml'}: not a regular file but a directory; "
+                                           "workstream files and agentrun.toml are plain files")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "s.toml"))
+        assert only_problem(load_error(tmp_path / "s.toml")) == (
+            f"{tmp_path / 's.toml'}: not a regular file but a socket; workstream files and agentrun.toml are "
+            "plain files")
+
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_a_fifo_or_a_device_as_source_never_blocks(tmp_path, command):
+    # Without the check, reading the FIFO waits for a writer that never comes, and a device is no workstream file.
+    os.mkfifo(tmp_path / "pipe.toml")
+    for source, kind in (("pipe.toml", "a named pipe (FIFO)"), ("/dev/null", "a character device")):
+        proc = agentrun(command, source, cwd=tmp_path, timeout=30)
+        assert proc.returncode == 2
+        assert proc.stderr == (f"error: {source}: not a regular file but {kind}; workstream files and "
+                               "agentrun.toml are plain files\n")
+    assert not (tmp_path / ".agentrun").exists()
+
+
+def test_a_file_over_the_size_limit_is_refused(tmp_path):
+    big = write(tmp_path, "big.toml", 'run = "true"\n' + "# padding\n" * (MAX_FILE_BYTES // 10))
+    assert only_problem(load_error(tmp_path)) == f"{big}: larger than 10,485,760 bytes; split it into several files"
+
+
+def test_text_that_is_not_utf8_is_refused(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('run = "true"\ntitle = "café"\n'.encode("latin-1"))
+    assert only_problem(load_error(tmp_path)) == f"{path}: not UTF-8 text (byte 0xe9 at offset 25); save it as UTF-8"
+
+
+def test_crlf_files_hash_like_lf_files(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    write(one, "a.toml", 'run = "true"\ndescription = """\nfirst\nsecond\n"""\n')
+    (two / "a.toml").parent.mkdir()
+    (two / "a.toml").write_bytes(b'run = "true"\r\ndescription = """\r\nfirst\r\nsecond\r\n"""\r\n')
+    assert load_source(one).workstreams[0].spec_hash() == load_source(two).workstreams[0].spec_hash()
+
+
+# --- every problem on one short line (item 5) ----------------------------------------
+
+@pytest.mark.parametrize("doc, expected", [
+    ({"workstream": [{"id": "a\nb", "run": "true"}]},
+     "w.json: workstream 'a\\nb': field 'id': 'a\\nb' must be one line"),
+    ({"run": "true", "colour\nred": 1}, "w.json: workstream 'w': field 'colour\\nred': unknown field"),
+    ({"run": "true", "x" * 5_000_000: 1}, "w.json: workstream 'w': field 'xxxxxxxxxx"),
+    ({"run": "true", "priority": "\n" * 5_000_000}, "w.json: workstream 'w': field 'priority': '\\n\\n\\n"),
+    ({"run": "true", "retries": ["\n"] * 1_000_000}, "w.json: workstream 'w': field 'retries': expected a whole "
+                                                     "number from 0 to 100, got ['\\n', '\\n', '\\n', '\\n', ...]"),
+    ({"run": "true", "depends_on": ["nope\u2028"]}, "w.json: workstream 'w': field 'depends_on': 'nope\\u2028' "
+                                                   "must be one line"),
+    ({"workstream": [{"id": "b" * 200, "run": "true"}]}, "w.json: workstream 'bbbbbbbbbb"),
+    ({"workstream": [{"id": ["a"] * 10, "run": "true"}]}, "w.json: workstream ['a', 'a', 'a', 'a', ...]: field 'id'"),
+])
+def test_every_problem_stays_on_one_short_line(doc, expected):
+    problem = only_problem(spec_error([("w.json", doc)]))
+    assert problem.startswith(expected)
+    assert len(problem.splitlines()) == 1 and len(problem) < 600, problem[:1000]
+
+
+def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path):
+    write(tmp_path, "bad\nname.toml", 'run = "true"\n')
+    problem = only_problem(load_error(tmp_path))
+    assert problem.startswith(f"{tmp_path}/bad\\nname.toml: workstream 'bad\\nname': field 'id': ")
+
+
+def test_unknown_dependency_lists_few_of_many_workstreams():
+    docs = [("w.toml", {"workstream": [{"id": f"task-{i:05d}", "run": "true"} for i in range(10_000)]
+                        + [{"id": "last", "run": "true", "depends_on": ["zzz"]}]})]
+    problem = only_problem(spec_error(docs))
+    assert problem.startswith("w.toml: workstream 'last': field 'depends_on': unknown workstream 'zzz'; "
+                              "known workstreams: last, task-00000, task-00001")
+    assert problem.endswith("... (10,001 in all)") and len(problem) < 700
+
+
+# --- nothing written: through the real CLI, in a real git repository (item 6) -------
+
+REJECTED = {
+    "range": 'run = "true"\nretries = 9223372036854775807\n',
+    "nul": 'run = "true"\ntitle = "a\\u0000b"\n',
+    "huge-env": 'run = "true"\nenv = { BIG = "' + "x" * 200_000 + '" }\n',
+    "deep": "run = " + "[" * 3_000 + "]" * 3_000 + "\n",
+    "agent-only": 'run = "true"\nmodel = "deepseek-chat"\n',
+    "into-git": 'run = "true"\nfiles = [".git/config"]\n',
+    "copy-all": 'run = "true"\ncopy_untracked = ["**/*"]\n',
+    "blank-group": 'run = "true"\nconflict_group = ""\n',
+    "cwd-file": 'run = "true"\ncwd = "README.md"\n',
+    "newline-id": '[[workstream]]\nid = "a\\nb"\nrun = "true"\n',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REJECTED))
+def test_a_rejected_source_writes_nothing(tmp_path, kind):
+    repo = init_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    (repo / "w" / "ws.toml").write_text(REJECTED[kind])
+    before = all_refs(repo)
+    # A cwd naming a file is found by `prepare` (it needs the project): every command goes through it.
+    commands = ([["plan", "w"], ["run", "w", "--dry-run"], ["run", "w"]] if kind == "cwd-file"
+                else [["run", "w", "--parallel"]])
+    for args in commands:
+        proc = agentrun(*args, cwd=repo)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr[:2000])
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: w/ws.toml: "), lines
+        assert len(lines[0]) < 400 and "Traceback" not in proc.stderr
+    assert not (repo / ".agentrun").exists()
+    assert all_refs(repo) == before and "agentrun/" not in before
