@@ -100,14 +100,7 @@ def join_worker_cgroup(run_cgroup: str | None, lane: int) -> str | None:
 
 def cgroup_pids(path: str) -> set[int]:
     """Processes in the cgroup ``path`` and every cgroup below it (zombies are not listed)."""
-    pids: set[int] = set()
-    for directory, _, _ in os.walk(path):
-        try:
-            with open(f"{directory}/cgroup.procs") as fh:
-                pids.update(int(p) for p in fh.read().split())
-        except OSError:
-            continue
-    return pids
+    return set().union(*(_read_pids(f"{directory}/cgroup.procs") for directory, _, _ in os.walk(path)))
 
 
 def kill_cgroup(path: str, timeout: float = procs.KILL_GRACE_SECONDS) -> int:
@@ -138,20 +131,30 @@ def _rmdir(path: str) -> None:
 
 
 # --- process trees -----------------------------------------------------------------------------
+def _read_pids(path: str) -> set[int]:
+    """The pids listed in a /proc or cgroup file (empty if it is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return set()
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return set()
+    finally:
+        os.close(fd)
+    return {int(p) for p in b"".join(chunks).split()}
+
+
 def children(pid: int) -> set[int]:
     """Direct children of ``pid`` (of all its threads)."""
-    out: set[int] = set()
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return out
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as fh:
-                out.update(int(p) for p in fh.read().split())
-        except OSError:
-            continue
-    return out
+        return set()
+    return set().union(*(_read_pids(f"/proc/{pid}/task/{tid}/children") for tid in tasks))
 
 
 def descendants(pid: int) -> set[int]:
@@ -233,20 +236,27 @@ class Sweeper:
 
     def __init__(self, run_cgroup: str | None, lane: int):
         become_subreaper()
+        self.pid = os.getpid()
         self.cgroup = join_worker_cgroup(run_cgroup, lane)
 
     def _leftovers(self) -> set[int]:
-        found = descendants(os.getpid())
+        found = descendants(self.pid)
         if self.cgroup is not None:
             found |= cgroup_pids(self.cgroup)
-        found.discard(os.getpid())
+        found.discard(self.pid)
         return found
 
     def sweep(self) -> int:
-        """Kill every descendant left (the attempt's commands are waited for already). Cheap
-        when there is none: one or two small reads from /proc and the cgroup."""
-        if not _live(self._leftovers()):
-            reap(children(os.getpid()), block=False)   # zombies of orphans that exited by themselves
+        """Kill every descendant left (the attempt's commands are waited for already). This runs
+        after every attempt, so the usual case, nothing left, costs two small reads."""
+        while True:  # zombies of orphans that exited by themselves (the worker has no other children)
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        if not _read_pids(f"/proc/{self.pid}/task/{self.pid}/children") and not (
+                self.cgroup is not None and _read_pids(f"{self.cgroup}/cgroup.procs") - {self.pid}):
             return 0
         return _kill_until_gone(self._leftovers)
 
