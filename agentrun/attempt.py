@@ -27,7 +27,6 @@ from . import crashpoints, policy, procs, redaction
 from .errors import AgentrunError
 from .events import EventLog
 from .executors import AttemptContext, CommandExecutor, ExecResult, Executor, run_command
-from . import git
 from .integration import (GateRunner, GitRun, Workspace, already_integrated, commit_message, free_port,
                           integrate, integration_tip, leaving_path, prepare_workspace, rescue_and_remove,
                           rescue_ref, verify)

@@ -180,11 +180,7 @@ def _kill_until_gone(list_pids) -> int:
         pids = _live(list_pids()) - {os.getpid()}
         if not pids:
             break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _send(pids, signal.SIGKILL)
         killed |= pids
         reap(pids, block=True)
     reap(children(os.getpid()) & killed, block=False)
@@ -207,27 +203,29 @@ def freeze_trees(roots) -> set[int]:
     stopped: set[int] = set()
     frontier = set(roots)
     while frontier:
-        for pid in frontier:
-            try:
-                os.kill(pid, signal.SIGSTOP)
-            except ProcessLookupError:
-                pass
+        _send(frontier, signal.SIGSTOP)
         stopped |= frontier
         frontier = set().union(*(children(p) for p in frontier)) - stopped
     return stopped
 
 
 def kill_all(pids) -> int:
-    """SIGKILL (and SIGCONT, for stopped ones) each of ``pids`` still alive; returns how many."""
-    killed = 0
-    for pid in _live(pids):
-        try:
-            os.kill(pid, signal.SIGKILL)
-            killed += 1
-        except ProcessLookupError:
-            pass
+    """SIGKILL each of ``pids`` still alive (stopped ones too); returns how many."""
+    killed = _send(_live(pids), signal.SIGKILL)
     reap(pids, block=False)
     return killed
+
+
+def _send(pids, sig: int) -> int:
+    """Signal each of ``pids``; returns how many there were to signal."""
+    sent = 0
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+            sent += 1
+        except ProcessLookupError:
+            pass
+    return sent
 
 
 class Sweeper:

@@ -92,6 +92,16 @@ def wait_for(predicate, timeout: float = 30.0):
     raise AssertionError("condition not reached")
 
 
+def statuses(project: Path) -> dict[str, str]:
+    """Workstream statuses of the latest run, as far as it is recorded yet."""
+    try:
+        db = state(project)
+        run = db.latest_run()
+        return {w: r["status"] for w, r in db.workstreams(run["id"]).items()} if run else {}
+    except sqlite3.OperationalError:  # no DB yet
+        return {}
+
+
 def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:

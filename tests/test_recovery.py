@@ -18,7 +18,7 @@ import pytest
 from agentrun.crashpoints import POINTS
 from agentrun.durations import parse_duration
 from agentrun.recovery import run_processes
-from conftest import agentrun, events, pid_alive, start_tiny_run, state, wait_for, write_ws
+from conftest import agentrun, events, pid_alive, start_tiny_run, state, statuses, wait_for, write_ws
 
 
 def git(repo: Path, *args: str) -> str:
@@ -298,14 +298,6 @@ def test_missing_state_db_is_exit_2(project, command):
     assert not (project / ".agentrun").exists()
 
 
-def _statuses(project: Path) -> dict[str, str]:
-    """Workstream statuses of the latest run, as far as it is recorded yet."""
-    try:
-        db = state(project)
-        run = db.latest_run()
-        return {w: r["status"] for w, r in db.workstreams(run["id"]).items()} if run else {}
-    except sqlite3.OperationalError:  # no DB yet
-        return {}
 
 
 def _interrupted_run(project: Path, release: Path) -> str:
@@ -316,7 +308,7 @@ def _interrupted_run(project: Path, release: Path) -> str:
     write_ws(project / "w", "slow", run=f"while [ ! -e {release} ]; do sleep 0.02; done")
     proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-j", "4"], cwd=project,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: _statuses(project) == {"q1": "done", "q2": "done", "q3": "done", "slow": "running"})
+    wait_for(lambda: statuses(project) == {"q1": "done", "q2": "done", "q3": "done", "slow": "running"})
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
@@ -355,7 +347,7 @@ def test_recover_list_counts_every_unfinished_status(project):
     proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-j", "2"], cwd=project,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for(lambda: _statuses(project) == {"flaky": "retrying", "wait": "running"})
+        wait_for(lambda: statuses(project) == {"flaky": "retrying", "wait": "running"})
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from agentrun.durations import parse_duration
 from agentrun.layout import new_run_id
-from conftest import agentrun, events, pid_alive, start_tiny_run, state, wait_for, write_ws
+from conftest import agentrun, events, pid_alive, start_tiny_run, state, statuses, wait_for, write_ws
 
 
 def _max_overlap(attempts) -> int:
@@ -417,14 +417,6 @@ def _status_rows(text: str) -> dict[str, tuple[str, float]]:
     return {f[0]: (f[1], parse_duration(f[4])) for f in (line.split() for line in table)}
 
 
-def _statuses(project) -> dict[str, str]:
-    """Workstream statuses of the latest run, as far as it is recorded yet."""
-    try:
-        db = state(project)
-        run = db.latest_run()
-        return {w: r["status"] for w, r in db.workstreams(run["id"]).items()} if run else {}
-    except sqlite3.OperationalError:  # no DB yet
-        return {}
 
 
 def test_a_closed_stdout_never_stops_the_run(project):
@@ -508,7 +500,7 @@ def test_status_of_an_interrupted_run_stops_its_clock_at_the_end(project):
     write_ws(project / "w", "slow", run=f"while [ ! -e {release} ]; do sleep 0.02; done")
     proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-j", "2"], cwd=project,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: _statuses(project) == {"quick": "done", "slow": "running"})
+    wait_for(lambda: statuses(project) == {"quick": "done", "slow": "running"})
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
@@ -528,7 +520,7 @@ def test_status_of_a_run_whose_orchestrator_died_says_so_and_stops_its_clock(pro
     proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w"], cwd=project,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for(lambda: _statuses(project) == {"wait": "running"})
+        wait_for(lambda: statuses(project) == {"wait": "running"})
         os.killpg(proc.pid, signal.SIGKILL)  # orchestrator and worker; the command lives on in its own group
         proc.wait()
         run_id = state(project).latest_run()["id"]

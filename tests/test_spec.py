@@ -799,7 +799,7 @@ def test_a_rejected_source_writes_nothing(tmp_path, kind):
         proc = agentrun(*args, cwd=repo)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr[:2000])
         lines = proc.stderr.splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"error: w/ws.toml: "), lines
+        assert len(lines) == 1 and lines[0].startswith("error: w/ws.toml: "), lines
         assert len(lines[0]) < 400 and "Traceback" not in proc.stderr
     assert not (repo / ".agentrun").exists()
     assert all_refs(repo) == before and "agentrun/" not in before
