@@ -11,11 +11,10 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass, field, replace
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 
-from . import crashpoints, git
+from . import crashpoints, git, globs
 from .executors import AttemptContext, ExecResult, run_command
 from .spec import Workstream
 
@@ -107,11 +106,8 @@ def prepare_workspace(gr: GitRun, worktrees_dir: Path, run_id: str, ws: Workstre
 
 
 def in_scope(path: str, patterns: tuple[str, ...]) -> bool:
-    for pattern in patterns:
-        p = pattern.rstrip("/")
-        if fnmatchcase(path, p) or path.startswith(p + "/"):
-            return True
-    return False
+    """Is the changed file ``path`` one that ``files`` (``patterns``) allows? See globs."""
+    return globs.matcher(tuple(patterns)).match(path)
 
 
 @dataclass

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from agentrun.globs import matcher, overlapping_literals, parse, patterns_overlap
+from conftest import agentrun, write_ws
+from gitutil import DB, init_repo, show
 
 # --- matching ---------------------------------------------------------------------------
 
@@ -191,3 +194,25 @@ def test_overlapping_literals_is_overlap_for_many(glob, literals, padding):
     maybe_directories = {key for key in keys if parse(key).could_be_directory()}
     expected = [key for key in keys if patterns_overlap(glob, key)]
     assert overlapping_literals(parse(glob), keys, maybe_directories) == expected
+
+
+# --- the scope check, through a real run ------------------------------------------------
+
+def test_the_scope_check_uses_the_same_globs(tmp_path: Path):
+    repo = init_repo(tmp_path / "repo", {"README.md": "old\n", "docs/n.md": "n\n", "calc/core.py": "x = 1\n"})
+    write_ws(repo / "w", "readme", run="printf 'new\\n' > README.md", files=["**/*.md"])
+    write_ws(repo / "w", "deep", run="mkdir -p docs/sub && printf 'deep\\n' > docs/sub/n.md", files=["docs/*.md"])
+
+    proc = agentrun("run", "w", "-q", cwd=repo)
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    db = DB(repo)
+    try:
+        run_row = db.run()
+        rows = db.workstreams(run_row["id"])
+    finally:
+        db.close()
+    assert rows["readme"]["status"] == "done"
+    assert show(repo, f"{run_row['integration_branch']}:README.md") == "new\n"
+    assert rows["deep"]["status"] == "failed"
+    assert rows["deep"]["error"] == "scope: changed files outside `files`: docs/sub/n.md"
