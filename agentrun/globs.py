@@ -11,6 +11,11 @@ Every pattern is relative to the project root and anchored there:
   everything below them (``pkg*/`` covers ``pkg1/a.py``).
 - ``./a`` is ``a``, ``a//b`` is ``a/b``, ``.`` is the whole project.
 
+Two patterns overlap when some path could match both; for that, a literal
+path whose last name has an extension (``calc/core.py``) is taken to be a
+file, not a directory a wildcard could reach into (``**/*.md`` does not
+overlap it), unless it is written with a trailing ``/``.
+
 Globs are translated by pathspec's gitignore patterns (each anchored at the
 root, and, for a glob naming files, at the end of the path), whole for
 matching paths and segment by segment for telling whether two patterns
@@ -23,15 +28,13 @@ import posixpath
 import re
 import warnings
 from functools import lru_cache
-from typing import Container, Iterable, NamedTuple
+from typing import Iterable, NamedTuple
 
 from pathspec.util import lookup_pattern
 
 _GITIGNORE = lookup_pattern("gitignore")
 _SPECIAL = re.compile(r"[*?\[\\]")     # a backslash escapes the next character, so it makes a glob too
-_UNTIDY = re.compile(r"//|(?:^|/)\.\.?(?:/|$)|^/|/$")   # what normalise has to change
 _COMPILE_ABOVE = 100    # candidates from which compiling a whole glob beats walking its segments
-_GLOB_OR_UNTIDY = re.compile(rf"{_SPECIAL.pattern}|{_UNTIDY.pattern}")
 _ANY = "**"
 
 
@@ -65,27 +68,28 @@ def _without_extension(path: str) -> bool:
     return "." not in path[path.rfind("/") + 1:].lstrip(".")
 
 
-def is_glob(pattern: str) -> bool:
-    return _SPECIAL.search(pattern) is not None
-
-
 def literal_key(pattern: str) -> str | None:
     """A pattern without wildcards, tidied to what matters for overlap: its normalised path,
     with a trailing "/" only for a directory named like a file (``v1.2/``); None for a glob."""
-    if _GLOB_OR_UNTIDY.search(pattern) is None:
-        return pattern
-    if is_glob(pattern):
+    if _SPECIAL.search(pattern):
         return None
+    if _tidy(pattern):
+        return pattern
     path = normalise(pattern)
     return path + "/" if path and pattern.endswith("/") and not _without_extension(path) else path
 
 
 def normalise(path: str) -> str:
     """``./src//a.py`` -> ``src/a.py``; the project root (``.`` or ``./``) -> ``""``."""
-    if _UNTIDY.search(path) is None:
+    if _tidy(path):
         return path
     path = posixpath.normpath(path).strip("/")
     return "" if path == "." else path
+
+
+def _tidy(path: str) -> bool:
+    """Surely unchanged by ``normalise``? (String tests: the planner asks for every entry.)"""
+    return not ("//" in path or "/." in path or path.startswith((".", "/")) or path.endswith("/"))
 
 
 @lru_cache(maxsize=65536)
@@ -217,6 +221,7 @@ def _reaches_below(glob: Pattern, literal: Pattern) -> bool:
     return any(_walk(base[:k], literal.segments) for k in range(stop))
 
 
+@lru_cache(maxsize=65536)
 def _segments_overlap(a: str, b: str) -> bool:
     """Could one path segment match both segment patterns? Exact if one is literal."""
     wild_a, wild_b = _SPECIAL.search(a) is not None, _SPECIAL.search(b) is not None
@@ -232,6 +237,8 @@ def _segments_overlap(a: str, b: str) -> bool:
 
 def _sequences_overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     """Could one path match both segment sequences, ``**`` absorbing any number of segments?"""
+    if a[-1] != _ANY and b[-1] != _ANY and not _segments_overlap(a[-1], b[-1]):
+        return False   # the common quick answer: "*.py" and "*.md" name different files
     seen: set[tuple[int, int]] = set()
     stack = [(0, 0)]
     while stack:
@@ -282,18 +289,14 @@ def _reaches_into(glob: Pattern, literal: Pattern) -> bool:
     return (named_inside or literal.could_be_directory()) and _reaches_below(glob, literal)
 
 
-def overlapping_literals(glob: Pattern, keys: list[str], maybe_directories: Container[str]) -> list[str]:
-    """The literals (by ``literal_key``) among ``keys`` that overlap ``glob``: ``overlap`` for many
-    at once. ``maybe_directories``: those of them that ``could_be_directory``."""
-    if len(keys) <= _COMPILE_ABOVE:
-        return [key for key in keys if overlap(glob, parse(key))]
-    # A literal that is a file, and that the glob does not name as a directory, overlaps it
-    # only by being matched: that needs the glob's last literal characters at its end and
-    # pathspec's regex to match.
+def matched_files(glob: Pattern, files: list[str]) -> list[str]:
+    """The literal paths among ``files`` that ``glob`` matches: for literals below its literal
+    prefix that are taken to be files (not ``could_be_directory``), that is ``overlap``."""
+    if len(files) <= _COMPILE_ABOVE:
+        return [path for path in files if _covers(glob, tuple(path.split("/")))]
+    # A match ends in the glob's last literal characters: a cheap test before the regex.
     ending = "" if glob.directory else re.split(r"[*?\]]", glob.segments[-1])[-1]
     if "\\" in ending:
         ending = ""
     search = _path_regex(glob.text, glob.directory).search
-    return [key for key in keys
-            if (overlap(glob, parse(key)) if key in maybe_directories or glob.prefix.startswith(key)
-                else key.endswith(ending) and search(key))]
+    return [path for path in files if path.endswith(ending) and search(path)]

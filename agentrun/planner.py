@@ -158,6 +158,9 @@ def build_plan(workstreams: list[Workstream], history: Mapping[str, list[float]]
     return plan
 
 
+_INDEX_BITS = 32    # an index in a workstream's files fits below this bit
+
+
 def predict_conflicts(plan: Plan) -> list[tuple[str, str, str, str]]:
     """Pairs of independent workstreams whose ``files`` may touch the same paths.
 
@@ -168,64 +171,68 @@ def predict_conflicts(plan: Plan) -> list[tuple[str, str, str, str]]:
     prefix and only such candidates are compared.
     """
     ids = list(plan.workstreams)
-    stride = 1 + max((len(ws.files) for ws in plan.workstreams.values()), default=0)
-    # Holders and pairs are ints (a holder: workstream ordinal * stride + index in its files):
+    # Holders and pairs are ints (a holder: workstream ordinal << _INDEX_BITS | index in its files):
     # tens of thousands of small containers would set off the garbage collector's full scans.
     holder: dict[str, int] = {}            # a literal's key (see globs.literal_key) or a glob -> its first holder
     more_holders: dict[str, list[int]] = {}
-    maybe_directories: set[str] = set()
-    by_parent: dict[str, list[str]] = {}   # directory -> the keys of the literal paths right inside it
     globs_at: dict[str, list[tuple[str, globs.Pattern]]] = {}    # literal prefix -> globs
+    files_in: dict[str, list[str]] = {}    # directory -> literals right inside it, taken to be files
+    others_in: dict[str, list[str]] = {}   # directory -> literals right inside it that could be directories
     for ordinal, ws in enumerate(plan.workstreams.values()):
         for index, pattern in enumerate(ws.files):
             literal = globs.literal_key(pattern)
             key = pattern if literal is None else literal
             if key in holder:
-                more_holders.setdefault(key, [holder[key]]).append(ordinal * stride + index)
-                continue
-            holder[key] = ordinal * stride + index
-            if literal is None:
+                more_holders.setdefault(key, [holder[key]]).append(ordinal << _INDEX_BITS | index)
+            elif literal is None:
+                holder[key] = ordinal << _INDEX_BITS | index
                 parsed = globs.parse(pattern)
                 globs_at.setdefault(parsed.prefix, []).append((pattern, parsed))
-                continue
-            if globs.could_be_directory(key):
-                maybe_directories.add(key)
-            path = key.rstrip("/")
-            if path:
-                by_parent.setdefault(path.rpartition("/")[0], []).append(key)
+            else:
+                holder[key] = ordinal << _INDEX_BITS | index
+                if key:
+                    parent = (key[:-1] if key[-1] == "/" else key).rpartition("/")[0]
+                    (others_in if globs.could_be_directory(key) else files_in).setdefault(parent, []).append(key)
 
     found: dict[int, int] = {}             # pair of ordinals (a * len(ids) + b) -> first pair of indexes
-    record = partial(_record_pairs, found, holder, more_holders, stride, len(ids))
+    record = partial(_record_pairs, found, holder, more_holders, len(ids))
     for key in more_holders:
         record(key, key)
-    # Literals at or below each glob prefix; grouped by parent, whose ancestors are theirs too.
-    below: dict[str, list[str]] = {prefix: _literal_keys(holder, prefix) for prefix in globs_at}
-    for parent, keys in by_parent.items():
+    for keys in others_in.values():
         for key in keys:
             if key.endswith("/") and key[:-1] in holder:   # "v1.2/" and "v1.2" name the same path
                 record(key, key[:-1])
-        for directory in (_directories_above(parent) + [parent]) if parent else [""]:
-            for above in _literal_keys(holder, directory):
-                for key in keys:
-                    record(above, key)
-            if directory in below:
-                below[directory].extend(keys)
+    # Literals below each glob prefix: grouped by parent, whose ancestors are theirs too. Those
+    # taken to be files overlap a glob only by being matched, which one regex tells for many.
+    below_files: dict[str, list[str]] = {prefix: [] for prefix in globs_at}
+    below_others = {prefix: _literal_keys(holder, prefix) for prefix in globs_at}   # at the prefix too
+    for inside, below in ((files_in, below_files), (others_in, below_others)):
+        for parent, keys in inside.items():
+            for directory in (_directories_above(parent) + [parent]) if parent else [""]:
+                for above in _literal_keys(holder, directory):
+                    for key in keys:
+                        record(above, key)
+                if directory in below:
+                    below[directory].extend(keys)
     for prefix, here in globs_at.items():
         directories = _directories_above(prefix)
         above = [g for directory in directories for g in globs_at.get(directory, ())]
-        candidates = [key for directory in directories for key in _literal_keys(holder, directory)] + below[prefix]
+        others = [key for directory in directories for key in _literal_keys(holder, directory)] + below_others[prefix]
         for n, (p, parsed) in enumerate(here):
             for q, other in chain(here[n + 1:], above):
                 if globs.overlap(parsed, other):
                     record(p, q)
-            for key in globs.overlapping_literals(parsed, candidates, maybe_directories):
+            for key in globs.matched_files(parsed, below_files[prefix]):
                 record(p, key)
+            for key in others:
+                if globs.overlap(parsed, globs.parse(key)):
+                    record(p, key)
 
     pairs = {key: (ids[key // len(ids)], ids[key % len(ids)]) for key in found}
     ordered = _ordered_pairs(plan, pairs.values())
     conflicts = []
     for key in sorted(found):
-        (a, b), (i, j) = pairs[key], divmod(found[key], stride)
+        (a, b), (i, j) = pairs[key], divmod(found[key], 1 << _INDEX_BITS)
         if (a, b) not in ordered:
             conflicts.append((a, b, plan.workstreams[a].files[i], plan.workstreams[b].files[j]))
     return conflicts
@@ -248,16 +255,16 @@ def _literal_keys(holder: dict[str, int], path: str) -> list[str]:
 
 
 def _record_pairs(found: dict[int, int], holder: dict[str, int], more_holders: dict[str, list[int]],
-                  stride: int, count: int, p: str, q: str) -> None:
+                  count: int, p: str, q: str) -> None:
     """Note that the holders of ``p`` and of ``q`` overlap, keeping per pair of workstreams
     the earliest pair of ``files`` indexes."""
     for x in more_holders.get(p) or (holder[p],):
-        a, i = divmod(x, stride)
+        a, i = divmod(x, 1 << _INDEX_BITS)
         for y in more_holders.get(q) or (holder[q],):
-            b, j = divmod(y, stride)
+            b, j = divmod(y, 1 << _INDEX_BITS)
             if a == b:
                 continue
-            key, indexes = (a * count + b, i * stride + j) if a < b else (b * count + a, j * stride + i)
+            key, indexes = (a * count + b, i << _INDEX_BITS | j) if a < b else (b * count + a, j << _INDEX_BITS | i)
             if indexes < found.get(key, indexes + 1):
                 found[key] = indexes
 
@@ -287,8 +294,11 @@ def _ordered_pairs(plan: Plan, pairs: Iterable[tuple[str, str]]) -> set[tuple[st
         last = max(wave[later] for t in bit for later, _ in queries[t])
         reach = dict(bit)   # workstream -> bits of the targets among it and its ancestors
         get, deps = reach.get, plan.deps
+        asked = {later for t in bit for later, _ in queries[t]}
         for level in plan.waves[min(wave[t] for t in bit) + 1:last + 1]:
             for node in level:
+                if not children[node] and node not in asked:
+                    continue   # nothing reads its bitset
                 mask = get(node, 0)
                 for d in deps[node]:
                     mask |= get(d, 0)

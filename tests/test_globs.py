@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from agentrun.globs import matcher, overlapping_literals, parse, patterns_overlap
+from agentrun.globs import matched_files, matcher, parse, patterns_overlap
 from conftest import agentrun, write_ws
 from gitutil import DB, init_repo, show
 
@@ -186,14 +186,17 @@ def test_overlap_of_a_literal_and_a_glob_is_exact(literal, glob):
 
 
 @PROPS
-@given(patterns(glob=True), st.lists(patterns(glob=False), max_size=8), st.integers(0, 120))
-def test_overlapping_literals_is_overlap_for_many(glob, literals, padding):
+@given(patterns(glob=True), st.lists(st.tuples(st.lists(names, max_size=3), st.sampled_from(NAMES[2:])), max_size=8),
+       st.integers(0, 120))
+def test_matched_files_is_overlap_for_files_below_the_prefix(glob, paths, padding):
     """The same answer below and above the size from which the whole glob is compiled."""
-    keys = [parse(literal).text + ("/" if parse(literal).directory else "") for literal in literals]
-    keys += [f"pad/p{i}.txt" for i in range(padding)]
-    maybe_directories = {key for key in keys if parse(key).could_be_directory()}
-    expected = [key for key in keys if patterns_overlap(glob, key)]
-    assert overlapping_literals(parse(glob), keys, maybe_directories) == expected
+    prefix = parse(glob).prefix
+    lead = prefix + "/" if prefix else ""
+    files = [lead + "/".join([*directories, name]) for directories, name in paths]
+    files += [f"{lead}p{i}.txt" for i in range(padding)]
+    expected = [path for path in files if patterns_overlap(glob, path)]
+    assert matched_files(parse(glob), files) == expected
+    assert expected == [path for path in files if matcher((glob,)).match(path)]
 
 
 # --- the scope check, through a real run ------------------------------------------------
