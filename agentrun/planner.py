@@ -170,7 +170,7 @@ def predict_conflicts(plan: Plan) -> list[tuple[str, str, str, str]]:
     is the other's or a directory above it, so patterns are indexed by that
     prefix and only such candidates are compared.
     """
-    ids = list(plan.workstreams)
+    ids = sorted(plan.workstreams)
     # Holders and pairs are ints (a holder: workstream ordinal << _INDEX_BITS | index in its files):
     # tens of thousands of small containers would set off the garbage collector's full scans.
     holder: dict[str, int] = {}            # a literal's key (see globs.literal_key) or a glob -> its first holder
@@ -178,7 +178,7 @@ def predict_conflicts(plan: Plan) -> list[tuple[str, str, str, str]]:
     globs_at: dict[str, list[tuple[str, globs.Pattern]]] = {}    # literal prefix -> globs
     files_in: dict[str, list[str]] = {}    # directory -> literals right inside it, taken to be files
     others_in: dict[str, list[str]] = {}   # directory -> literals right inside it that could be directories
-    for ordinal, ws in enumerate(plan.workstreams.values()):
+    for ordinal, ws in enumerate(map(plan.workstreams.get, ids)):
         for index, pattern in enumerate(ws.files):
             literal = globs.literal_key(pattern)
             key = pattern if literal is None else literal
