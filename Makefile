@@ -31,6 +31,7 @@ bench: $(VENV)/.installed
 	-$(BIN)/python bench/overhead.py
 	-$(BIN)/python bench/makespan.py
 	-$(BIN)/python bench/recovery.py
+	-$(BIN)/python bench/planning.py
 	$(BIN)/python bench/llm_throughput.py
 
 clean:

@@ -13,11 +13,10 @@ import re
 import shutil
 import time
 from dataclasses import dataclass, field, replace
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 
-from . import crashpoints, git
+from . import crashpoints, git, globs
 from .executors import AttemptContext, ExecResult, run_command
 from .spec import Workstream
 
@@ -175,11 +174,8 @@ def leaving_path(root: Path, ws: Workstream) -> str | None:
 
 
 def in_scope(path: str, patterns: tuple[str, ...]) -> bool:
-    for pattern in patterns:
-        p = pattern.rstrip("/")
-        if fnmatchcase(path, p) or path.startswith(p + "/"):
-            return True
-    return False
+    """Is the changed file ``path`` one that ``files`` (``patterns``) allows? See globs."""
+    return globs.matcher(tuple(patterns)).match(path)
 
 
 @dataclass

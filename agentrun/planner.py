@@ -7,17 +7,17 @@ DB can refine them without this module knowing where they came from.
 from __future__ import annotations
 
 import difflib
-import posixpath
 import statistics
-from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain
 from typing import Iterable, Mapping
 
+from . import globs
 from .errors import UsageError
 from .spec import PRIORITIES, Workstream
 
 DEFAULT_ESTIMATE = 1.0  # seconds, for workstreams with neither an estimate nor history
-_WILDCARDS = "*?["
 
 
 @dataclass
@@ -158,101 +158,152 @@ def build_plan(workstreams: list[Workstream], history: Mapping[str, list[float]]
     return plan
 
 
-def depends_transitively(deps: Mapping[str, tuple[str, ...]], node: str, target: str) -> bool:
-    """Is ``target`` reachable from ``node`` by following dependencies?"""
-    seen, stack = set(), [node]
-    while stack:
-        for d in deps[stack.pop()]:
-            if d == target:
-                return True
-            if d not in seen:
-                seen.add(d)
-                stack.append(d)
-    return False
+_INDEX_BITS = 32    # an index in a workstream's files fits below this bit
 
 
 def predict_conflicts(plan: Plan) -> list[tuple[str, str, str, str]]:
-    """Pairs of independent workstreams whose ``files`` may touch the same paths."""
-    with_files = [w for w in plan.workstreams.values() if w.files]
-    if len(with_files) < 2:
+    """Pairs of independent workstreams whose ``files`` may touch the same paths.
+
+    Each pair comes once, ids in order, with the first pattern of each (in
+    ``files`` order) that overlaps one of the other's. Two patterns can only
+    overlap when one's literal prefix (its leading segments without wildcards)
+    is the other's or a directory above it, so patterns are indexed by that
+    prefix and only such candidates are compared.
+    """
+    ids = sorted(plan.workstreams)
+    # Holders and pairs are ints (a holder: workstream ordinal << _INDEX_BITS | index in its files):
+    # tens of thousands of small containers would set off the garbage collector's full scans.
+    holder: dict[str, int] = {}            # a literal's key (see globs.literal_key) or a glob -> its first holder
+    more_holders: dict[str, list[int]] = {}
+    globs_at: dict[str, list[tuple[str, globs.Pattern]]] = {}    # literal prefix -> globs
+    files_in: dict[str, list[str]] = {}    # directory -> literals right inside it, taken to be files
+    others_in: dict[str, list[str]] = {}   # directory -> literals right inside it that could be directories
+    for ordinal, ws in enumerate(map(plan.workstreams.get, ids)):
+        for index, pattern in enumerate(ws.files):
+            literal = globs.literal_key(pattern)
+            key = pattern if literal is None else literal
+            if key in holder:
+                more_holders.setdefault(key, [holder[key]]).append(ordinal << _INDEX_BITS | index)
+            elif literal is None:
+                holder[key] = ordinal << _INDEX_BITS | index
+                parsed = globs.parse(pattern)
+                globs_at.setdefault(parsed.prefix, []).append((pattern, parsed))
+            else:
+                holder[key] = ordinal << _INDEX_BITS | index
+                if key:
+                    parent = (key[:-1] if key[-1] == "/" else key).rpartition("/")[0]
+                    (others_in if globs.could_be_directory(key) else files_in).setdefault(parent, []).append(key)
+
+    found: dict[int, int] = {}             # pair of ordinals (a * len(ids) + b) -> first pair of indexes
+    record = partial(_record_pairs, found, holder, more_holders, len(ids))
+    for key in more_holders:
+        record(key, key)
+    for keys in others_in.values():
+        for key in keys:
+            if key.endswith("/") and key[:-1] in holder:   # "v1.2/" and "v1.2" name the same path
+                record(key, key[:-1])
+    # Literals below each glob prefix: grouped by parent, whose ancestors are theirs too. Those
+    # taken to be files overlap a glob only by being matched, which one regex tells for many.
+    below_files: dict[str, list[str]] = {prefix: [] for prefix in globs_at}
+    below_others = {prefix: _literal_keys(holder, prefix) for prefix in globs_at}   # at the prefix too
+    for inside, below in ((files_in, below_files), (others_in, below_others)):
+        for parent, keys in inside.items():
+            for directory in (_directories_above(parent) + [parent]) if parent else [""]:
+                for above in _literal_keys(holder, directory):
+                    for key in keys:
+                        record(above, key)
+                if directory in below:
+                    below[directory].extend(keys)
+    for prefix, here in globs_at.items():
+        directories = _directories_above(prefix)
+        above = [g for directory in directories for g in globs_at.get(directory, ())]
+        others = [key for directory in directories for key in _literal_keys(holder, directory)] + below_others[prefix]
+        for n, (p, parsed) in enumerate(here):
+            for q, other in chain(here[n + 1:], above):
+                if globs.overlap(parsed, other):
+                    record(p, q)
+            for key in globs.matched_files(parsed, below_files[prefix]):
+                record(p, key)
+            for key in others:
+                if globs.overlap(parsed, globs.parse(key)):
+                    record(p, key)
+
+    pairs = {key: (ids[key // len(ids)], ids[key % len(ids)]) for key in found}
+    ordered = _ordered_pairs(plan, pairs.values())
+    conflicts = []
+    for key in sorted(found):
+        (a, b), (i, j) = pairs[key], divmod(found[key], 1 << _INDEX_BITS)
+        if (a, b) not in ordered:
+            conflicts.append((a, b, plan.workstreams[a].files[i], plan.workstreams[b].files[j]))
+    return conflicts
+
+
+def _directories_above(path: str) -> list[str]:
+    """The project root and every directory above ``path`` ("a/b/c" -> "", "a", "a/b")."""
+    if not path:
         return []
-    found = []
-    for index, a in enumerate(with_files):
-        for b in with_files[index + 1:]:
-            hit = next(((p, q) for p in a.files for q in b.files if paths_overlap(p, q)), None)
-            if hit and not (depends_transitively(plan.deps, a.id, b.id)
-                            or depends_transitively(plan.deps, b.id, a.id)):
-                found.append((a.id, b.id, hit[0], hit[1]))
-    return found
+    above, cut = [""], path.find("/")
+    while cut >= 0:
+        above.append(path[:cut])
+        cut = path.find("/", cut + 1)
+    return above
 
 
-def _literal_prefix(pattern: str) -> str:
-    cut = min((pattern.find(c) for c in _WILDCARDS if c in pattern), default=len(pattern))
-    return pattern[:cut]
+def _literal_keys(holder: dict[str, int], path: str) -> list[str]:
+    """The keys under which literals naming ``path`` are held."""
+    return [key for key in (path, path + "/") if key in holder] if path else ([""] if "" in holder else [])
 
 
-def _has_wildcard(pattern: str) -> bool:
-    return any(c in pattern for c in _WILDCARDS)
+def _record_pairs(found: dict[int, int], holder: dict[str, int], more_holders: dict[str, list[int]],
+                  count: int, p: str, q: str) -> None:
+    """Note that the holders of ``p`` and of ``q`` overlap, keeping per pair of workstreams
+    the earliest pair of ``files`` indexes."""
+    for x in more_holders.get(p) or (holder[p],):
+        a, i = divmod(x, 1 << _INDEX_BITS)
+        for y in more_holders.get(q) or (holder[q],):
+            b, j = divmod(y, 1 << _INDEX_BITS)
+            if a == b:
+                continue
+            key, indexes = (a * count + b, i << _INDEX_BITS | j) if a < b else (b * count + a, j << _INDEX_BITS | i)
+            if indexes < found.get(key, indexes + 1):
+                found[key] = indexes
 
 
-def _norm(path: str) -> str:
-    """Normalise a path or glob: ./src//a.py -> src/a.py; the project root (. or ./) -> empty."""
-    path = posixpath.normpath(path).strip("/")
-    return "" if path == "." else path
+_TARGETS_PER_PASS = 4096   # bits per ancestor bitset: bounds memory at workstreams x 512 bytes
 
 
-def _is_dir_prefix(prefix: str, path: str) -> bool:
-    return not prefix or path == prefix or path.startswith(prefix.rstrip("/") + "/")
+def _ordered_pairs(plan: Plan, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The pairs in which one workstream depends, perhaps transitively, on the other.
 
-
-def _reaches_into(pattern: str, directory: str) -> bool:
-    """Could ``pattern`` name something below ``directory``, segment by segment?
-
-    "src/*/x.py" reaches into "src/sub"; "src/*.py" does not reach into
-    "src/a.txt" (read as a file name: "*" stays within one segment here).
+    Only a workstream in a later wave can depend on one in an earlier wave, and
+    only on one that something depends on. Those earlier members get a bit
+    each; one pass along the waves ORs every workstream's dependencies' bits
+    into its own ancestor bitset.
     """
-    segments, parts = pattern.split("/"), directory.split("/") if directory else []
-    for index, part in enumerate(parts):
-        if index >= len(segments):
-            return False
-        if "**" in segments[index]:
-            return True
-        if not fnmatchcase(part, segments[index]):
-            return False
-    return len(segments) > len(parts)
-
-
-def _ancestors(path: str) -> list[str]:
-    parts = path.split("/")
-    return ["/".join(parts[:n]) for n in range(1, len(parts))]
-
-
-def paths_overlap(p: str, q: str) -> bool:
-    """Could the path-or-glob ``p`` name a file that ``q`` also names?
-
-    Conservative (a predicted conflict only serialises work): a directory
-    covers everything below it; a glob is compared by its literal prefix and
-    its literal suffix.
-    """
-    p, q = _norm(p), _norm(q)
-    wild_p, wild_q = _has_wildcard(p), _has_wildcard(q)
-    if not wild_p and not wild_q:
-        return _is_dir_prefix(p, q) or _is_dir_prefix(q, p)
-    if wild_p and wild_q:
-        lp, lq = _literal_prefix(p), _literal_prefix(q)
-        if not (lp.startswith(lq) or lq.startswith(lp)):
-            return False
-        sp, sq = _literal_suffix(p), _literal_suffix(q)
-        return sp.endswith(sq) or sq.endswith(sp)
-    pattern, literal = (p, q) if wild_p else (q, p)
-    # fnmatch's "*" crosses "/", so "src/*" covers the whole tree below src/;
-    # a literal directory covers any glob that reaches into it, and a glob
-    # that names a directory covers the files below it.
-    return (fnmatchcase(literal, pattern) or _is_dir_prefix(literal, _literal_prefix(pattern))
-            or _reaches_into(pattern, literal)
-            or any(fnmatchcase(parent, pattern) for parent in _ancestors(literal)))
-
-
-def _literal_suffix(pattern: str) -> str:
-    cut = max(pattern.rfind(c) for c in "*?]")
-    return pattern[cut + 1:]
+    wave, children = plan.wave_of, plan.children
+    queries: dict[str, list[tuple[str, tuple[str, str]]]] = {}   # earlier -> (later, pair)
+    for a, b in pairs:
+        if wave[a] != wave[b]:
+            earlier, later = (a, b) if wave[a] < wave[b] else (b, a)
+            if children[earlier]:
+                queries.setdefault(earlier, []).append((later, (a, b)))
+    targets = sorted(queries, key=lambda t: (wave[t], t))   # a pass starts at its earliest target's wave
+    ordered = set()
+    for start in range(0, len(targets), _TARGETS_PER_PASS):
+        bit = {t: 1 << k for k, t in enumerate(targets[start:start + _TARGETS_PER_PASS])}
+        last = max(wave[later] for t in bit for later, _ in queries[t])
+        reach = dict(bit)   # workstream -> bits of the targets among it and its ancestors
+        get, deps = reach.get, plan.deps
+        asked = {later for t in bit for later, _ in queries[t]}
+        for level in plan.waves[min(wave[t] for t in bit) + 1:last + 1]:
+            for node in level:
+                if not children[node] and node not in asked:
+                    continue   # nothing reads its bitset
+                mask = get(node, 0)
+                for d in deps[node]:
+                    mask |= get(d, 0)
+                if mask:
+                    reach[node] = mask
+        for t, mask in bit.items():
+            ordered.update(pair for later, pair in queries[t] if reach.get(later, 0) & mask)
+    return ordered

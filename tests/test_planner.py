@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentrun.errors import UsageError
-from agentrun.planner import DEFAULT_ESTIMATE, build_plan, paths_overlap, predict_conflicts, select
+from agentrun.globs import patterns_overlap
+from agentrun.planner import DEFAULT_ESTIMATE, build_plan, predict_conflicts, select
 from agentrun.render import FORMATS, plan_summary, render_plan
 from agentrun.scheduler import WAVES, simulate
 from agentrun.spec import PRIORITIES, Command, Workstream, parse_documents
@@ -258,45 +259,6 @@ def test_select_unknown_id_without_close_match():
     assert str(info.value) == "--ws-id: unknown workstream 'qqqqqq'"
 
 
-# --- paths_overlap -----------------------------------------------------------------
-
-@pytest.mark.parametrize("p, q", [
-    ("src", "src/a.py"),                  # a directory covers what is below it
-    ("src/", "src/pkg/deep/a.py"),
-    ("./src/a.py", "src/a.py"),
-    ("src/./a.py", "src/a.py"),
-    (".", "anything/at/all.py"),          # the project root covers everything
-    ("src/a.py", "src/a.py"),
-    ("src/*.py", "src/a.py"),             # glob vs literal
-    ("src/*", "src/pkg/a.py"),            # fnmatch's * crosses "/"
-    ("src/**", "src/a/b/c"),
-    ("src", "src/*.py"),                  # a literal directory covers a glob reaching into it
-    ("src/sub", "src/*/x.py"),
-    ("src/su?", "src/sub/x.py"),          # a glob naming a directory covers what is below it
-    ("src/*.py", "src/a*.py"),            # glob vs glob
-    ("*.py", "src/*"),
-    ("src/[ab].py", "src/?.py"),
-])
-def test_paths_that_overlap(p, q):
-    assert paths_overlap(p, q)
-    assert paths_overlap(q, p)
-
-
-@pytest.mark.parametrize("p, q", [
-    ("src/a.py", "src/b.py"),             # siblings
-    ("src", "srcx/a.py"),                 # a prefix that is not a directory boundary
-    ("src/a.py", "src/a.pyc"),
-    ("src/*.py", "src/a.txt"),            # glob vs literal of another kind
-    ("src/*.py", "src/*.txt"),            # glob vs glob, different suffixes
-    ("src/*.py", "tests/*.py"),           # glob vs glob, different prefixes
-    ("docs/*.md", "src/a/b"),
-    ("src/a*", "src/b/c"),
-])
-def test_paths_that_do_not_overlap(p, q):
-    assert not paths_overlap(p, q)
-    assert not paths_overlap(q, p)
-
-
 # --- predicted conflicts ---------------------------------------------------------------
 
 def test_predict_conflicts_pairs_independent_workstreams_with_overlapping_files():
@@ -314,6 +276,55 @@ def test_predict_conflicts_ignores_pairs_ordered_by_dependencies():
     # a < b < c are ordered (c depends on a only transitively); d is independent of all three.
     assert [(x, y) for x, y, _, _ in plan.conflicts] == [("a", "d")]
     assert predict_conflicts(plan) == plan.conflicts
+
+
+FILES = ["src", "src/", "./src", "src/a.py", "src/b.py", "src/*.py", "src/*/x.py", "src/**", "src/su?/",
+         "docs", "docs/*.md", "docs/sub/n.md", "**/*.md", "*.md", "README.md", "v1.2", "v1.2/", "v1.2/x.txt",
+         "**/*.txt", "pkg*/", "pkg1/a.py", ".", "[z-a].py", "src/a\\"]
+
+
+def depends(workstreams, a: str, b: str) -> bool:
+    deps = {w.id: w.depends_on for w in workstreams}
+    stack, seen = [a], set()
+    while stack:
+        for d in deps[stack.pop()]:
+            if d == b:
+                return True
+            if d not in seen:
+                seen.add(d)
+                stack.append(d)
+    return False
+
+
+def brute_force_conflicts(workstreams):
+    """Every pair, every pair of patterns, in order: what the index must find."""
+    found = []
+    ordered = sorted(workstreams, key=lambda w: w.id)
+    for n, a in enumerate(ordered):
+        for b in ordered[n + 1:]:
+            hit = next(((p, q) for p in a.files for q in b.files if patterns_overlap(p, q)), None)
+            if hit and not depends(workstreams, a.id, b.id) and not depends(workstreams, b.id, a.id):
+                found.append((a.id, b.id, *hit))
+    return found
+
+
+@settings(max_examples=300, deadline=None)
+@given(dags(max_nodes=10), st.data())
+def test_predicted_conflicts_are_the_brute_force_ones(workstreams, data):
+    with_files = [ws(w.id, *w.depends_on, files=tuple(data.draw(st.lists(st.sampled_from(FILES), max_size=3))))
+                  for w in workstreams]
+    assert build_plan(with_files).conflicts == brute_force_conflicts(with_files)
+
+
+def test_predicted_conflicts_on_a_larger_random_plan():
+    """Many holders per pattern, deeper dependency chains, dependencies ruling pairs out."""
+    rnd = random.Random(3)
+    workstreams = [ws(f"w{i:03d}", *sorted({f"w{rnd.randrange(i):03d}" for _ in range(rnd.randint(0, 2))} if i else ()),
+                      files=tuple(rnd.sample(FILES, rnd.randint(0, 3)))) for i in range(150)]
+    conflicts = build_plan(workstreams).conflicts
+    assert conflicts == brute_force_conflicts(workstreams)
+    assert len(conflicts) > 1000 and any(depends(workstreams, w.id, v.id) and set(w.files) & set(v.files)
+                                         for w in workstreams for v in workstreams)
 
 
 def test_conflict_groups_and_exclusive_workstreams():
