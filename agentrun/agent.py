@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import context, edits
+from . import context, edits, globs
 from .executors import AttemptContext, ExecResult
 from .edits import UnsafePath, resolve_in_root
-from .integration import in_scope, literal_prefix
+from .integration import in_scope
 from .llm_call import ContextTooLarge, LLMStop, ModelCaller
 from .models import Model
 from .redaction import NO_SECRETS, Secrets
@@ -56,10 +56,11 @@ def expand_targets(root: Path, patterns: tuple[str, ...], refused: list[str] | N
     ``refused``; the walk never follows a symlinked directory."""
     found: list[str] = []
     for pattern in patterns:
-        if any(c in pattern for c in "*?["):
-            found += [rel for rel in _walk(root, literal_prefix(pattern)) if in_scope(rel, (pattern,))]
+        parsed = globs.parse(pattern)
+        if parsed.glob:
+            found += globs.matcher((pattern,)).select(_walk(root, parsed.prefix))
         else:   # a file, a directory (everything below it), or a file still to be created
-            found += _walk(root, pattern) or [pattern]
+            found += _walk(root, parsed.text) or [parsed.text]
     out: dict[str, str] = {}
     for rel in dict.fromkeys(found):
         try:
@@ -70,7 +71,7 @@ def expand_targets(root: Path, patterns: tuple[str, ...], refused: list[str] | N
             continue
         if real.is_file():
             out[rel] = real.read_text(errors="replace")
-        elif not os.path.lexists(root / rel):
+        elif not os.path.lexists(root / rel):   # named in `files`: a file to create
             out[rel] = ""
     return out
 

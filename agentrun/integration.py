@@ -109,7 +109,7 @@ def copy_untracked(repo: Path, worktree: Path, patterns: tuple[str, ...], state_
     """Copy the project's untracked files (ignored ones included) that ``patterns`` match into the
     worktree, and record them there so that no commit, rescue or ref ever contains them. Raises
     ValueError for a file that would be read or written outside the project or the worktree."""
-    prefixes = {literal_prefix(p) for p in patterns}
+    prefixes = {globs.parse(p).prefix for p in patterns}
     pathspecs = [] if "" in prefixes else [f":(literal){p}" for p in sorted(prefixes)]
     try:
         pathspecs.append(f":(exclude,literal){state_dir.resolve().relative_to(repo.resolve())}")
@@ -119,7 +119,7 @@ def copy_untracked(repo: Path, worktree: Path, patterns: tuple[str, ...], state_
     listed = git.run(repo, "ls-files", "--others", "-z", "--", *(pathspecs or ["."])).stdout.split("\0")
     real_repo, real_tree = repo.resolve(), worktree.resolve()
     copied: list[str] = []
-    for rel in sorted(p for p in listed if p and not p.endswith("/") and in_scope(p, patterns)):
+    for rel in globs.matcher(patterns).select(sorted(p for p in listed if p and not p.endswith("/"))):
         source = (repo / rel).resolve()
         if not source.is_relative_to(real_repo) or ".git" in source.relative_to(real_repo).parts:
             raise ValueError(f"copy_untracked: {rel!r} leads outside the project through a symlink (to {source})")
@@ -141,22 +141,13 @@ def copy_untracked(repo: Path, worktree: Path, patterns: tuple[str, ...], state_
     return copied
 
 
-def literal_prefix(pattern: str) -> str:
-    parts = []
-    for part in pattern.split("/"):
-        if any(c in part for c in "*?["):
-            break
-        parts.append(part)
-    return "/".join(parts)
-
-
 def leaving_path(root: Path, ws: Workstream) -> str | None:
     """What is wrong with the first of the workstream's paths (``cwd``, and the part of each
     ``files`` entry before its first wildcard) that leads outside ``root`` or into its ``.git``
     through a symlink, or None. agentrun runs commands in ``cwd``, and the agent reads and writes
     ``files``: none of them may leave the worktree. Checked on the deepest part that exists."""
     entries = [("cwd", ws.cwd)] if ws.cwd else []
-    entries += [("files", literal_prefix(p)) for p in ws.files]
+    entries += [("files", globs.parse(p).prefix) for p in ws.files]
     real_root = root.resolve() if entries else root
     for name, rel in entries:
         parts = [p for p in rel.split("/") if p not in ("", ".")]
