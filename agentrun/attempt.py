@@ -14,6 +14,7 @@ gates) -> merge queue -> outcome.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -129,18 +130,41 @@ def llm_concurrency(max_workers: int) -> int:
 def fresh_tmpdir(path: str) -> str:
     """An empty private temporary directory. One per worker lane, emptied between attempts:
     no two running workstreams share it, and making a directory per attempt costs more
-    than most short commands."""
+    than most short commands.
+
+    The last attempt may have replaced it, or the ``tmp`` directory above it, with a symlink or
+    a file. Each is opened without following symlinks from the run's directory down, anything
+    in the way is removed, and the emptying works through those descriptors: it can never
+    delete anything outside."""
+    run_dir, tmp, lane = path.rsplit("/", 2)
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        leftovers = list(os.scandir(path))
-    except FileNotFoundError:
-        os.makedirs(path)
-        leftovers = []
-    for entry in leftovers:
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        else:
-            os.unlink(entry.path)
+        for name in (tmp, lane):
+            parent, fd = fd, _open_own_dir(fd, name)
+            os.close(parent)
+        for entry in os.scandir(fd):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.name, dir_fd=fd, ignore_errors=True)
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+    finally:
+        os.close(fd)
     return path
+
+
+def _open_own_dir(parent: int, name: str) -> int:
+    """``name`` in the directory ``parent`` as a directory descriptor, made if missing; a symlink
+    or file of that name is removed first, never followed."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        return os.open(name, flags, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            os.unlink(name, dir_fd=parent)
+        elif exc.errno != errno.ENOENT:
+            raise
+    os.mkdir(name, dir_fd=parent)
+    return os.open(name, flags, dir_fd=parent)
 
 
 def conversation_path(layout: Layout, run_id: str, ws_id: str, attempt: int) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import recovery, redaction, render, runner, status
-from .cli_common import ForgivingOutput, handle_errors, state_dir_option
+from .cli_common import ForgivingOutput, handle_errors, silence, state_dir_option
 from .durations import format_duration
 from .errors import EXIT_FAILED, GitError, UsageError
 from .integration import fast_forward
@@ -122,8 +122,13 @@ def run(source, parallel, max_workers, ws_ids, with_deps, schedule, fail_fast, d
     runner.preflight(prep.source.llm, prep.plan)
     for note in prep.notes:
         click.echo(f"note: {note}", err=True)
-    store, run_id = runner.create_run(prep)
-    sys.exit(_execute(store, prep.layout, run_id, prep.plan, prep.root, opts, quiet))
+    runner.hold_stop_signals()
+    try:
+        store, run_id = runner.create_run(prep)
+        code = _execute(store, prep.layout, run_id, prep.plan, prep.root, opts, quiet)
+    finally:
+        runner.release_stop_signals()
+    sys.exit(code)
 
 
 def _execute(store, layout, run_id, plan, root, opts, quiet, resumed=False) -> int:
@@ -257,6 +262,14 @@ def resume(run_id, accept_changes, max_workers, quiet, state_dir) -> None:
 
 
 def _resume(run_id, accept_changes, max_workers, quiet, state_dir) -> int:
+    runner.hold_stop_signals()
+    try:
+        return _resume_held(run_id, accept_changes, max_workers, quiet, state_dir)
+    finally:
+        runner.release_stop_signals()
+
+
+def _resume_held(run_id, accept_changes, max_workers, quiet, state_dir) -> int:
     root = project_root()
     layout = layout_for(state_dir, root)
     res = runner.prepare_resume(layout, run_id, accept_changes=accept_changes, max_workers=max_workers)
@@ -326,8 +339,17 @@ def logs(run_id, ws_id, attempt, conversation, state_dir) -> None:
     # A kept log is redacted already; the output of an attempt still running (or of one whose
     # worker was killed) is not, until it is settled.
     secrets = redaction.run_secrets(redaction.secret_names(llm.models), os.environ)
-    with open(path, "rb") as fh:
-        secrets.copy(fh.fileno(), 0, os.fstat(fh.fileno()).st_size, sys.stdout.buffer.write)
+    try:
+        with open(path, "rb") as fh:
+            secrets.copy(fh.fileno(), 0, os.fstat(fh.fileno()).st_size, sys.stdout.buffer.write)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other commands do
+        silence(sys.stdout)
+        sys.exit(EXIT_FAILED)
+    except OSError as exc:  # a full disk, say
+        silence(sys.stdout)
+        click.echo(f"error: cannot write the log to the output: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_FAILED)
 
 
 @cli.command()

@@ -58,7 +58,7 @@ def group_alive(pgid: int) -> bool:
 
 
 # Signals Python ignores or handles that a command must get with default behaviour.
-_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM)
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _home: str | None = None   # the directory this process returns to after each spawn
 
 

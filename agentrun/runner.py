@@ -31,6 +31,19 @@ from .spec import (LLMSettings, Source, load_source, project_problems, source_di
 from .state import StateStore, json_dumps, return_unstarted
 
 RUN_HEARTBEAT_SECONDS = 2.0
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def hold_stop_signals() -> None:
+    """Ctrl-C and SIGTERM wait from the first write of a run (or a resume) until its
+    orchestrator handles them: a run is never left half-made (a branch without its row, a row
+    no process will finish); it is made whole, then stopped like any run and recorded
+    ``interrupted``. ``Orchestrator.run`` (or ``release_stop_signals``) lets them through."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def release_stop_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 @dataclass
@@ -373,6 +386,10 @@ class Orchestrator:
                 self.stop_reason = "interrupted"
 
         self._old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # A closed terminal (SIGHUP) is not a reason to stop: the run goes on, its output is
+        # dropped (see cli_common.ForgivingOutput). Workers forked later inherit this; commands
+        # get the default back (procs.spawn).
+        self._old[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self._old_wakeup = signal.set_wakeup_fd(wake_w)
         self._wake = (wake_r, wake_w)
         return wake_r
@@ -387,6 +404,7 @@ class Orchestrator:
     # --- the run ---------------------------------------------------------------
     def run(self) -> RunResult:
         wake_r = self._install_signals()
+        release_stop_signals()  # a Ctrl-C held back while the run was being made lands here
         statuses = {}
         for ws_id, status, attempt in self.store.progress(self.run_id):
             statuses[ws_id] = status

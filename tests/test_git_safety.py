@@ -274,3 +274,23 @@ def test_an_integration_branch_deleted_mid_run_fails_work_cleanly_without_a_trac
     assert rows["next"]["status"] == "blocked"
     assert rows["other"]["status"] == "failed"
     assert "integration branch" in rows["other"]["error"]
+
+
+@pytest.mark.parametrize("replace", [
+    'rm -rf "$TMPDIR" && ln -s {victim} "$TMPDIR"',                  # the lane's TMPDIR itself
+    'rm -rf "$(dirname "$TMPDIR")" && ln -s {victim} "$(dirname "$TMPDIR")"',  # the tmp directory above it
+    'rm -rf "$TMPDIR" && echo file > "$TMPDIR"',                      # a file in its place
+])
+def test_a_tmpdir_replaced_by_a_link_or_a_file_is_never_followed(repo, tmp_path, replace):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep\n")
+    write_ws(repo / "w", "a", files=["a1.txt"], run=replace.format(victim=victim) + " && echo a > a1.txt")
+    write_ws(repo / "w", "b", files=["b1.txt"], depends_on=["a"],
+             run='test -d "$TMPDIR" && test ! -L "$TMPDIR" && test -z "$(ls -A "$TMPDIR")" && echo b > b1.txt')
+
+    proc = run(repo, workers=1)
+
+    assert proc.returncode == 0, explain(proc)
+    assert (victim / "keep.txt").read_text() == "keep\n"
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
