@@ -163,7 +163,10 @@ def _open_own_dir(parent: int, name: str) -> int:
             os.unlink(name, dir_fd=parent)
         elif exc.errno != errno.ENOENT:
             raise
-    os.mkdir(name, dir_fd=parent)
+    try:
+        os.mkdir(name, dir_fd=parent)
+    except FileExistsError:
+        pass  # another worker made the shared tmp directory at the same moment
     return os.open(name, flags, dir_fd=parent)
 
 
