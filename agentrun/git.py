@@ -179,7 +179,9 @@ def worktree_lock(root: Path) -> FileLock:
 def worktree_add(root: Path, path: Path, branch: str, start: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with worktree_lock(root):
-        # A worktree registered by a process killed half-way would block the add.
+        # A worktree registered by a process killed half-way would block the add; one killed
+        # inside `git worktree add` itself stays locked ("initializing"), and prune skips it.
+        run(root, "worktree", "unlock", str(path), check=False)
         run(root, "worktree", "prune", check=False)
         run(root, "worktree", "add", "-q", "-B", branch, str(path), start)
 

@@ -6,11 +6,14 @@ run or read outside its worktree through a committed symlink; and what ``clean``
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import write_ws
+from conftest import wait_for, write_ws
 from gitutil import git, init_repo, out, rescue_refs, rev, show
 from test_git_integration import agentrun, attempt_rows, explain, outcome, run, tip
 
@@ -294,3 +297,32 @@ def test_a_tmpdir_replaced_by_a_link_or_a_file_is_never_followed(repo, tmp_path,
     assert proc.returncode == 0, explain(proc)
     assert (victim / "keep.txt").read_text() == "keep\n"
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+
+
+def test_a_kill_during_git_worktree_add_does_not_stop_resume(repo, tmp_path):
+    # A smudge filter that blocks the first checkout of the worktree: git worktree add is caught
+    # half-way, its worktree registered and locked ("initializing"), as a kill -9 at that moment
+    # leaves it on a big repository.
+    entered, release = tmp_path / "entered", tmp_path / "release"
+    git(repo, "config", "filter.slow.smudge",
+        f"sh -c '[ -e {entered} ] || {{ touch {entered}; while [ ! -e {release} ]; do sleep 0.02; done; }}; cat'")
+    git(repo, "config", "filter.slow.clean", "cat")
+    (repo / ".gitattributes").write_text("*.slow filter=slow\n")
+    (repo / "big.slow").write_text("content\n")
+    _commit(repo, "a filtered file")
+    write_ws(repo / "w", "one", files=["one.txt"], run="echo 1 > one.txt")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-q"], cwd=repo,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for(entered.exists)
+    os.killpg(proc.pid, signal.SIGKILL)    # orchestrator and worker; git has a process group of its own
+    proc.wait()
+    recovered = agentrun("recover", cwd=repo)
+    assert recovered.returncode == 0, explain(recovered)
+    release.touch()
+    run_row, _ = outcome(repo)
+
+    resumed = agentrun("resume", run_row["id"], "-q", cwd=repo)
+
+    assert resumed.returncode == 0, explain(resumed)
+    assert show(repo, f"{tip(repo, outcome(repo)[0])}:one.txt") == "1\n"
+    assert "locked" not in out(repo, "worktree", "list")
