@@ -13,6 +13,7 @@ that short.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -167,3 +168,17 @@ def use(secrets: Secrets) -> None:
 
 def in_use() -> Secrets:
     return _in_use
+
+
+PR_SET_DUMPABLE = 4
+
+
+def hide_process_files() -> None:
+    """Make this process, and the workers it forks, non-dumpable: their /proc files (``environ``,
+    ``mem``) become unreadable to other processes of the same user, such as the commands they run,
+    which could otherwise read the keys agentrun was started with there. A command is dumpable
+    again once it execs. (A process with CAP_SYS_PTRACE, such as root's, can still read them.)"""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass

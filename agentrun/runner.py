@@ -417,6 +417,7 @@ class Orchestrator:
         newly_blocked = sorted(self.sched.blocked - failed - already)
         # Orphans of a worker that dies come to the orchestrator, which kills them (see containment).
         containment.become_subreaper()
+        redaction.hide_process_files()
         self.ctx.cgroup = containment.create_run_cgroup(self.run_id)
         self.store.update_run(self.run_id, status="running", orchestrator_pid=os.getpid(),
                               orchestrator_start=procs.proc_start_time(os.getpid()), heartbeat_at=time.time(),

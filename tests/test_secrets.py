@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import secrets as random_secrets
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -380,3 +383,34 @@ def test_recover_keeps_the_log_of_a_lost_attempt_redacted(project):
     db = state(project)
     (attempt,) = db.attempts(db.latest_run()["id"])
     assert attempt["status"] == "lost" and attempt["log_path"].endswith("/leaky.1.log")
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not (os.path.exists("/usr/bin/setpriv") and os.path.exists(SYSTEM_PYTHON)),
+                    reason="needs root, setpriv and a system python3 to run agentrun as another user")
+def test_a_command_cannot_read_the_key_from_its_workers_or_orchestrators_process_files():
+    # Run as `nobody`, as an ordinary user would: a command of the same user must not find the key
+    # in /proc/<pid>/environ of the agentrun processes above it. (Root could: CAP_SYS_PTRACE.)
+    key = "sk-test-" + random_secrets.token_hex(16)
+    top = Path(tempfile.mkdtemp(prefix="agentrun-nobody-"))   # pytest's tmp_path is root's alone
+    project = top / "proj"
+    (project / "w").mkdir(parents=True)
+    write_toml(project / "w" / "agentrun.toml", {"models.x": {"id": "vendor/x", "api_key_env": KEY_VAR}})
+    write_ws(project / "w", "snoop", run='for p in $PPID $(ps -o ppid= -p $PPID); do '
+                                        'cat /proc/$p/environ > /dev/null 2>&1 && echo "read $p"; '
+                                        'tr "\\0" "\\n" < /proc/$p/environ 2>/dev/null | grep -c LEAKTEST; done; true')
+    os.chmod(top, 0o755)
+    subprocess.run(["chown", "-R", "65534:65534", str(project)], check=True)
+    package = Path(__file__).resolve().parent.parent
+    site = next((package / ".venv" / "lib").glob("python3*/site-packages"))
+    env = clean_env(**{KEY_VAR: key, "PYTHONPATH": f"{package}:{site}", "HOME": str(project)})
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SYSTEM_PYTHON, "-m",
+                           "agentrun", "run", "w"], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = next((project / ".agentrun" / "runs").glob("*/logs/snoop.1.log")).read_text()
+    shutil.rmtree(top)
+    assert not re.search(r"^read \d+$", log, re.M), log          # neither could be opened
+    assert re.findall(r"^\d+$", log, re.M) == ["0", "0"], log     # and no key was seen
