@@ -357,10 +357,23 @@ class Attempt:
 
     def _on_integrated(self, commit: str) -> int:
         seq = self.store.mark_integrated(self.ctx.run_id, self.ws.id, commit, self.wsp.changed)
+        crashpoints.hit("after-integration")
         self.events.emit("ws_integrated", self.ws.id, self.job.attempt, commit=commit, seq=seq,
                          files=len(self.wsp.changed))
         self.log(f"integrated as {commit[:12]} (#{seq} on {self.ctx.git.integration_branch})")
         return seq
+
+    def remove_earlier_worktree(self) -> None:
+        """The worktree an earlier attempt, integrated before a crash, left behind: done work
+        keeps none (what is uncommitted in it is rescued first, as always)."""
+        if not self.ctx.isolated(self.ws):
+            return
+        path = self.ctx.layout.worktrees_dir(self.ctx.run_id) / self.ws.id
+        if path.exists():
+            ref = rescue_ref(self.ctx.run_id, self.ws.id, f"{self.job.attempt - 1}-left")
+            if rescue_and_remove(self.ctx.git.repo, path, ref):
+                self.log(f"the earlier attempt's worktree had uncommitted changes; saved as {ref}")
+        self.store.update_workstream(self.ctx.run_id, self.ws.id, worktree=None)
 
     def cleanup(self) -> None:
         """Integrated worktrees go; others stay for inspection (listed at the end of the run)."""
@@ -396,6 +409,7 @@ def execute_attempt(claimed: Claimed, ctx: RunContext, store: StateStore, events
             if claimed.integrated_commit or attempt.integrated_before_crash():
                 # Integrated before a crash but not recorded done: never run or merge it twice.
                 attempt.log("already integrated by an earlier attempt; recording it as done")
+                attempt.remove_earlier_worktree()
                 result = ExecResult("ok", 0)
             else:
                 result = attempt.run()

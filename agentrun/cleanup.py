@@ -72,7 +72,8 @@ def clean(store: StateStore, layout: Layout, root: Path, run_id: str | None, eve
             shutil.rmtree(tmp, ignore_errors=True)
         if is_repo:
             integration = integration_branch(run["id"])
-            if everything and run["status"] not in ("done", "abandoned") and git.rev(root, integration):
+            tip = git.rev(root, integration)   # before any branch goes: it may be the first deleted
+            if everything and run["status"] not in ("done", "abandoned") and tip:
                 # resume continues on the integration branch: without it the run is over for good
                 with store.write() as db:
                     db.execute("UPDATE runs SET status = 'abandoned' WHERE id = ?", (run["id"],))
@@ -80,8 +81,7 @@ def clean(store: StateStore, layout: Layout, root: Path, run_id: str | None, eve
             for branch in git.branches(root, f"agentrun/{run['id']}/"):
                 if branch == integration and not everything:
                     continue
-                if branch != integration and not (git.rev(root, integration) and
-                                                  git.is_ancestor(root, branch, integration)):
+                if branch != integration and not (tip and git.is_ancestor(root, branch, tip)):
                     # A result that never reached the integration branch (failed gate,
                     # conflict): keep it reachable.
                     ref = rescue_ref(run["id"], branch.rsplit("/", 1)[1], "result")

@@ -17,6 +17,7 @@ POINTS = (
     "before-done",          # worker: command finished, outcome not recorded
     "after-done",           # worker: outcome committed, orchestrator not told
     "during-integration",   # worker: inside the merge queue, integration branch not advanced
+    "after-integration",    # worker: result integrated and recorded, its worktree not removed yet
     "mid-event-write",      # any writer: half an event line written
     "orchestrator-loop",    # orchestrator: between scheduling steps
 )

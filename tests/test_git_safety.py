@@ -326,3 +326,32 @@ def test_a_kill_during_git_worktree_add_does_not_stop_resume(repo, tmp_path):
     assert resumed.returncode == 0, explain(resumed)
     assert show(repo, f"{tip(repo, outcome(repo)[0])}:one.txt") == "1\n"
     assert "locked" not in out(repo, "worktree", "list")
+
+
+def test_a_crash_after_integration_leaves_no_worktree_once_resumed(repo):
+    write_ws(repo / "w", "one", files=["a.txt"], run="echo one > a.txt")
+    crashed = subprocess.run([sys.executable, "-m", "agentrun", "run", "w", "-q"], cwd=repo, capture_output=True,
+                             text=True, env={**os.environ, "AGENTRUN_CRASH_AT": "after-integration"}, timeout=120)
+    assert crashed.returncode == -signal.SIGKILL
+    run_row, rows = outcome(repo)
+    assert rows["one"]["integrated_commit"] and (repo / ".agentrun" / "worktrees" / run_row["id"] / "one").is_dir()
+
+    resumed = agentrun("resume", run_row["id"], cwd=repo)
+
+    assert resumed.returncode == 0, explain(resumed)
+    assert "kept for inspection" not in resumed.stdout
+    _, rows = outcome(repo)
+    assert rows["one"]["status"] == "done" and rows["one"]["worktree"] is None
+    assert out(repo, "worktree", "list").count("\n") == 0      # the project's own checkout only
+
+
+def test_clean_all_after_a_done_run_rescues_nothing(repo):
+    for name in ("a", "b"):
+        write_ws(repo / "w", name, files=[f"{name}.txt"], run=f"echo {name} > {name}.txt")
+    assert run(repo).returncode == 0
+
+    cleaned = agentrun("clean", "--all", cwd=repo)
+
+    assert cleaned.returncode == 0, explain(cleaned)
+    assert "rescued" not in cleaned.stdout and rescue_refs(repo) == []
+    assert "removed 0 worktree(s), 3 branch(es)" in cleaned.stdout
