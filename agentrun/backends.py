@@ -115,14 +115,21 @@ class LocalProcessBackend:
     def __init__(self, ctx: RunContext, workers: int, *, before_fork: Callable[[], None] = lambda: None,
                  after_fork: Callable[[], None] = lambda: None):
         self.ctx = ctx
-        self.size = workers
+        self.size = workers     # at most this many; each started only once there is work for it (grow)
         self._before_fork = before_fork
         self._after_fork = after_fork
         self._workers: list[_Worker] = []
         self._closing = False
         self._selector = selectors.DefaultSelector()
         self._extra: set[int] = set()
-        self._spawn(range(workers))
+
+    def grow(self, busy: int) -> None:
+        """Have a worker for each of ``busy`` released or running jobs, up to ``size``: a worker is
+        started only once there is work it can have (a chain of twenty workstreams needs one)."""
+        missing = min(busy, self.size) - len(self._workers)
+        if missing > 0 and not self._closing:
+            used = {w.lane for w in self._workers}
+            self._spawn([lane for lane in range(self.size) if lane not in used][:missing])
 
     def _spawn(self, lanes) -> None:
         # Forking with an open SQLite connection in the parent is unsafe; the

@@ -493,6 +493,7 @@ class Orchestrator:
         if taken or (self._newly_ready and not extra):
             ready, self._newly_ready = self._newly_ready, []
             self._release(ready, taken)
+        backend.grow(len(self.inflight))
         # Also after releasing nothing: a worker may have looked for work just before the last release.
         backend.submit(self._queue_seq)
 

@@ -552,3 +552,19 @@ def test_runs_started_back_to_back_sort_by_creation(project):
         assert agentrun("run", "w", "-q", cwd=project).returncode == 0
     ids = [r["id"] for r in state(project).db.execute("SELECT id FROM runs ORDER BY created_at")]
     assert len(ids) == 4 and ids == sorted(ids)
+
+
+def _worker_count(project) -> int:
+    db = state(project)
+    return len({a["external_id"] for a in db.attempts(db.latest_run()["id"])})
+
+
+def test_a_chain_or_a_conflict_group_starts_one_worker_however_many_are_allowed(project):
+    for i in range(8):
+        write_ws(project / "w", f"c{i}", run="true", depends_on=[f"c{i - 1}"] if i else [])
+    assert agentrun("run", "w", "-j", 300, cwd=project).returncode == 0
+    assert _worker_count(project) == 1
+    for i in range(8):
+        write_ws(project / "w", f"c{i}", run="true", conflict_group="db")
+    assert agentrun("run", "w", "-j", 300, cwd=project).returncode == 0
+    assert _worker_count(project) == 1
