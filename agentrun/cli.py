@@ -236,8 +236,6 @@ def recover(run_id, list_only, state_dir) -> None:
                 click.echo(f"  {action}")
             if _left_to_run(store, rid):
                 click.echo(f"  resume with: agentrun resume {rid}")
-            else:
-                click.echo(f"  nothing is left to run (`agentrun resume {rid}` only records the run as finished)")
     finally:
         store.close()
 

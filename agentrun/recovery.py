@@ -138,8 +138,11 @@ def recover(store: StateStore, layout: Layout, run_id: str, *, grace: float = pr
                           (now, run_id)).fetchall()
         db.execute("UPDATE workstreams SET status = 'lost' WHERE run_id = ? AND status = 'running'", (run_id,))
         return_unstarted(db, run_id)
-        db.execute("UPDATE runs SET status = 'interrupted', finished_at = ? WHERE id = ? AND status = 'running'",
-                   (now, run_id))
+        # An orchestrator that died after the last workstream ended left a finished run, not a resumable one.
+        statuses = {r[0] for r in db.execute("SELECT DISTINCT status FROM workstreams WHERE run_id = ?", (run_id,))}
+        final = ("interrupted" if statuses & set(REQUEUE) else "done" if statuses <= {"done"} else "failed")
+        db.execute("UPDATE runs SET status = ?, finished_at = ? WHERE id = ? AND status = 'running'",
+                   (final, now, run_id))
     for row in lost:
         report.actions.append(f"marked {row['ws_id']} attempt {row['attempt']} lost")
     _settle_logs(store, layout, run, lost)
@@ -154,7 +157,8 @@ def recover(store: StateStore, layout: Layout, run_id: str, *, grace: float = pr
         log.emit("run_recovered", actions=len(report.actions), lost=[r["ws_id"] for r in lost])
         log.close()
     if run["status"] == "running":
-        report.actions.append("marked the run interrupted")
+        report.actions.append(f"marked the run {final}" + ("" if final == "interrupted" else
+                                                            " (its workstreams had all ended)"))
     return report
 
 

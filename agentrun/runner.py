@@ -19,7 +19,7 @@ from pathlib import Path
 from . import containment, crashpoints, git, procs, recovery, redaction
 from .attempt import Completion, Job, RunContext, record_outcome
 from .backends import LocalProcessBackend, Report, Requeued, Started, WorkerLost
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SpecError, StateError, UsageError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, GitError, SpecError, StateError, UsageError
 from .events import EventLog
 from .executors import ExecResult
 from .integration import GitRun, integration_branch
@@ -172,37 +172,43 @@ def create_run(prep: Prepared) -> tuple[StateStore, str]:
         raise StateError(f"{prep.layout.state_dir}: cannot create the state directory ({exc.strerror}); "
                          "pass a writable --state-dir") from None
     store = StateStore(prep.layout.db_path)
-    run_id = new_run_id(after=store.db.execute("SELECT MAX(id) FROM runs").fetchone()[0])
-    prep.layout.create_run_dirs(run_id)
     plan = prep.plan
-    git_fields = {}
+    base = git.rev(prep.root, prep.base_ref) if prep.use_git else None
+    snapshots = {w: ws.snapshot() for w, ws in plan.workstreams.items()}
+
+    def run_row(run_id: str) -> dict:
+        git_fields = {"base_commit": base, "integration_branch": integration_branch(run_id),
+                      "into_branch": opts.into} if prep.use_git else {}
+        return {
+            "id": run_id, "source": str(Path(opts.source).resolve()), "project_root": str(prep.root),
+            "options": json_dumps({"max_workers": opts.max_workers, "schedule": opts.schedule,
+                                   "fail_fast": opts.fail_fast, "ws_ids": list(opts.ws_ids),
+                                   "with_deps": opts.with_deps, "llm": prep.source.llm.to_json(),
+                                   "source_digest": source_digest(opts.source)}),
+            "status": "running", "created_at": time.time(), "max_workers": opts.max_workers,
+            "orchestrator_pid": os.getpid(), "orchestrator_start": procs.proc_start_time(os.getpid()),
+            "heartbeat_at": time.time(),
+            "schedule": opts.schedule, "spec_hash": json_dumps(sorted((w, h) for w, (_, h) in snapshots.items())),
+            "notes": json_dumps(prep.notes), **git_fields,
+        }
+
+    # Work without dependencies is ready from the start: recorded so now, not by a second pass over
+    # every row once the run starts.
+    rows = [(w, *snapshots[w], "pending" if plan.deps[w] else "ready", ws.retries + 1, plan.wave_of[w],
+             plan.estimates[w]) for w, ws in plan.workstreams.items()]
+    run_id = store.create_run(lambda latest: new_run_id(after=latest), run_row, rows)
+    prep.layout.create_run_dirs(run_id)
     if prep.use_git:
-        base = git.rev(prep.root, prep.base_ref)
-        branch = integration_branch(run_id)
-        git.run(prep.root, "branch", branch, base)
+        try:
+            git.run(prep.root, "branch", integration_branch(run_id), base)
+        except GitError:
+            store.delete_run(run_id)
+            store.close()
+            raise
         try:
             git.exclude_path(prep.root, "/" + str(prep.layout.state_dir.relative_to(prep.root)) + "/")
         except ValueError:
             pass  # state directory outside the repository
-        git_fields = {"base_commit": base, "integration_branch": branch, "into_branch": opts.into}
-    snapshots = {w: ws.snapshot() for w, ws in plan.workstreams.items()}
-    run_row = {
-        "id": run_id, "source": str(Path(opts.source).resolve()), "project_root": str(prep.root),
-        "options": json_dumps({"max_workers": opts.max_workers, "schedule": opts.schedule,
-                               "fail_fast": opts.fail_fast, "ws_ids": list(opts.ws_ids),
-                               "with_deps": opts.with_deps, "llm": prep.source.llm.to_json(),
-                               "source_digest": source_digest(opts.source)}),
-        "status": "running", "created_at": time.time(), "max_workers": opts.max_workers,
-        "orchestrator_pid": os.getpid(), "orchestrator_start": procs.proc_start_time(os.getpid()),
-        "heartbeat_at": time.time(),
-        "schedule": opts.schedule, "spec_hash": json_dumps(sorted((w, h) for w, (_, h) in snapshots.items())),
-        "notes": json_dumps(prep.notes), **git_fields,
-    }
-    # Work without dependencies is ready from the start: recorded so now, not by a second pass over
-    # every row once the run starts.
-    rows = [(run_id, w, *snapshots[w], "pending" if plan.deps[w] else "ready", ws.retries + 1, plan.wave_of[w],
-             plan.estimates[w]) for w, ws in plan.workstreams.items()]
-    store.create_run(run_row, rows)
     return store, run_id
 
 

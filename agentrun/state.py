@@ -98,13 +98,25 @@ class StateStore:
             self.db.execute("COMMIT")
 
     # --- runs ------------------------------------------------------------------
-    def create_run(self, run: dict[str, Any], workstreams: Iterable[tuple]) -> None:
-        """Insert a run and its workstreams (run_id, ws_id, spec, hash, status, max_attempts, wave, est)."""
-        cols = ", ".join(run)
+    def create_run(self, new_id: Callable[[str | None], str], run: Callable[[str], dict[str, Any]],
+                   workstreams: Iterable[tuple]) -> str:
+        """Insert a run and its workstreams (ws_id, spec, hash, status, max_attempts, wave, estimate);
+        returns its id. The id is ``new_id(the latest id recorded)``, chosen in the same
+        transaction, so that agentruns starting at the same moment never pick the same one;
+        ``run(id)`` gives the run's row."""
         with self.write() as db:
-            db.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(run))})", tuple(run.values()))
+            run_id = new_id(db.execute("SELECT MAX(id) FROM runs").fetchone()[0])
+            row = run(run_id)
+            db.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
             db.executemany("INSERT INTO workstreams (run_id, ws_id, spec, spec_hash, status, max_attempts, "
-                           "wave, estimate) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", workstreams)
+                           "wave, estimate) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(run_id, *w) for w in workstreams])
+        return run_id
+
+    def delete_run(self, run_id: str) -> None:
+        """Take back a run that could not be set up (its integration branch could not be made)."""
+        with self.write() as db:
+            db.execute("DELETE FROM workstreams WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in fields)

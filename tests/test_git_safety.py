@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -355,3 +356,21 @@ def test_clean_all_after_a_done_run_rescues_nothing(repo):
     assert cleaned.returncode == 0, explain(cleaned)
     assert "rescued" not in cleaned.stdout and rescue_refs(repo) == []
     assert "removed 0 worktree(s), 3 branch(es)" in cleaned.stdout
+
+
+def test_runs_started_at_once_after_the_clock_stepped_back_all_get_their_own_id(repo):
+    write_ws(repo / "w", "one", files=["a.txt"], run="echo one > a.txt")
+    assert run(repo).returncode == 0
+    first = outcome(repo)[0]["id"]
+    future = "20991231-235959-0000"   # the latest id recorded is ahead of the clock
+    db = sqlite3.connect(repo / ".agentrun" / "state.db")
+    with db:
+        db.execute("UPDATE runs SET id = ? WHERE id = ?", (future, first))
+        db.execute("UPDATE workstreams SET run_id = ? WHERE run_id = ?", (future, first))
+    db.close()
+    procs = [subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-q"], cwd=repo, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert [code for code, _, _ in results] == [0] * 6, results
+    ids = [r[0] for r in sqlite3.connect(repo / ".agentrun" / "state.db").execute("SELECT id FROM runs")]
+    assert len(set(ids)) == 7 and all(i > future for i in ids if i != future)

@@ -384,3 +384,18 @@ def snapshot(project: Path) -> tuple[list[str], dict[str, bytes]]:
     files = {str(p.relative_to(project)): p.read_bytes() for p in sorted((project / ".agentrun").rglob("*"))
              if p.is_file() and not p.name.startswith("state.db")}
     return rows, files
+
+
+def test_recover_of_a_run_whose_orchestrator_died_after_its_last_workstream_records_it_finished(project):
+    write_ws(project / "w", "only", run="true")
+    crashed = agentrun("run", "w", "-q", cwd=project, env={"AGENTRUN_CRASH_AT": "after-done"})
+    assert crashed.returncode == -signal.SIGKILL
+    run_id = state(project).latest_run()["id"]
+    assert state(project).workstreams(run_id)["only"]["status"] == "done"
+
+    out = agentrun("recover", run_id, cwd=project)
+
+    assert out.returncode == 0, out.stderr
+    assert "marked the run done" in out.stdout and "resume with" not in out.stdout
+    assert state(project).latest_run()["status"] == "done"
+    assert run_id not in agentrun("recover", "--list", cwd=project).stdout
