@@ -572,7 +572,12 @@ class Orchestrator:
                 self.events.emit_all([("ws_blocked", w, None, {"because": c.ws_id}) for w in blocked])
             if self.options.fail_fast and self.stop_reason is None:
                 self.stop_reason = "fail-fast"
-        else:  # interrupted: it stopped without an outcome
+        elif self.stop_reason is None and self.draining is None:
+            # Interrupted while the run goes on: its worker alone was stopped (a signal to that
+            # process). The work was not at fault: it runs again.
+            sched.requeue(c.ws_id)
+            self._newly_ready.append(c.ws_id)
+        else:  # interrupted by the run's own stop
             sched.release(c.ws_id)
 
     def _reconcile(self, lost: WorkerLost) -> None:

@@ -153,7 +153,8 @@ class StateStore:
         with self.write() as db:
             if ready:
                 db.executemany("UPDATE workstreams SET status = 'ready' WHERE run_id = ? AND ws_id = ? "
-                               "AND status IN ('pending', 'retrying', 'ready')", [(run_id, w) for w in ready])
+                               "AND status IN ('pending', 'retrying', 'ready', 'interrupted')",
+                               [(run_id, w) for w in ready])
             for ws_id, seq in queued:
                 if db.execute("UPDATE workstreams SET queue_seq = ? WHERE run_id = ? AND ws_id = ? "
                               "AND status = 'ready'", (seq, run_id, ws_id)).rowcount == 0:

@@ -568,3 +568,22 @@ def test_a_chain_or_a_conflict_group_starts_one_worker_however_many_are_allowed(
         write_ws(project / "w", f"c{i}", run="true", conflict_group="db")
     assert agentrun("run", "w", "-j", 300, cwd=project).returncode == 0
     assert _worker_count(project) == 1
+
+
+def test_a_signal_to_one_worker_alone_interrupts_its_attempt_and_the_run_goes_on(project):
+    release, started = project / "release", project / "started"
+    started.mkdir()
+    write_ws(project / "w", "slow", run=f"touch {started}/$AGENTRUN_ATTEMPT; while [ ! -e {release} ]; do sleep 0.02; done")
+    proc = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-q"], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (started / "1").exists())
+    (worker,) = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    os.kill(worker, signal.SIGINT)
+    wait_for(lambda: (started / "2").exists())     # run again, by a new worker
+    release.touch()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    db = state(project)
+    run_id = db.latest_run()["id"]
+    assert [a["status"] for a in db.attempts(run_id)] == ["cancelled", "done"]
+    assert db.latest_run()["status"] == "done"
