@@ -37,9 +37,17 @@ def run(cwd: str | Path, *args: str, check: bool = True, env: dict[str, str] | N
     proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=_env(env),
                           input=input, stdin=None if input is not None else subprocess.DEVNULL, process_group=0)
     if check and proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise GitError(f"git {' '.join(args[:3])} failed in {cwd}: {detail[-1] if detail else proc.returncode}")
+        raise GitError(f"git {' '.join(args[:3])} failed in {cwd}: {explain(proc)}")
     return proc
+
+
+def explain(proc: subprocess.CompletedProcess, limit: int = 400) -> str:
+    """What git said, on one line: all of it (the reason is often not on the last line, which may
+    just say "Aborting"), hints left out."""
+    lines = [line.strip() for line in (proc.stderr or proc.stdout).splitlines()
+             if line.strip() and not line.startswith("hint:")]
+    text = " ".join(lines) or f"exit code {proc.returncode}"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def out(cwd: str | Path, *args: str) -> str:

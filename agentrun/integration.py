@@ -270,9 +270,8 @@ def integrate(gr: GitRun, run_id: str, ws: Workstream, wsp: Workspace, gates: Ga
                 files = git.unmerged_files(wsp.path)
                 git.run(wsp.path, *abort, check=False)
                 if not files:
-                    detail = (proc.stderr or proc.stdout).strip().splitlines()
                     return Integrated("failed", error=f"could not {ws.merge} onto the integration branch: "
-                                                      f"{detail[-1] if detail else proc.returncode}")
+                                                      f"{git.explain(proc)}")
                 log(f"conflict integrating onto {tip[:12]}: {', '.join(files)}")
                 return Integrated("conflict", conflict_files=files, error=f"conflict in {', '.join(files)}")
             if git.rev(wsp.path, "HEAD") == tip:

@@ -130,6 +130,8 @@ def check_git(options: RunOptions, plan: Plan, root: Path) -> tuple[bool, list[s
         if not isolated:
             raise UsageError("--into: no workstream runs in a worktree (all have isolation = \"none\"), "
                              "so nothing is integrated to fast-forward to")
+        if options.into.startswith("agentrun/"):
+            raise UsageError(f"--into: '{options.into}' is one of agentrun's own branches; name a branch of yours")
         if git.rev(root, f"refs/heads/{options.into}") is None:
             raise UsageError(f"--into: unknown branch '{options.into}'; create it first or name an existing branch")
         holder = git.worktree_of_branch(root, options.into)

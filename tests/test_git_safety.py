@@ -374,3 +374,25 @@ def test_runs_started_at_once_after_the_clock_stepped_back_all_get_their_own_id(
     assert [code for code, _, _ in results] == [0] * 6, results
     ids = [r[0] for r in sqlite3.connect(repo / ".agentrun" / "state.db").execute("SELECT id FROM runs")]
     assert len(set(ids)) == 7 and all(i > future for i in ids if i != future)
+
+
+def test_into_names_the_file_that_stops_the_fast_forward(repo):
+    (repo / "z.txt").write_text("mine, untracked\n")
+    write_ws(repo / "w", "makes-z", files=["z.txt"], run="echo theirs > z.txt")
+
+    proc = run(repo, "--into", "main")
+
+    assert proc.returncode == 1, explain(proc)
+    assert "z.txt" in proc.stderr and proc.stderr.count("\n") == 1
+    assert (repo / "z.txt").read_text() == "mine, untracked\n"
+
+
+def test_into_one_of_agentruns_own_branches_is_refused(repo):
+    write_ws(repo / "w", "one", files=["a.txt"], run="echo one > a.txt")
+    assert run(repo).returncode == 0
+    refs_before = out(repo, "for-each-ref")
+
+    proc = run(repo, "--into", outcome(repo)[0]["integration_branch"])
+
+    assert proc.returncode == 2 and "agentrun's own branches" in proc.stderr
+    assert out(repo, "for-each-ref") == refs_before
