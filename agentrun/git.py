@@ -115,10 +115,18 @@ def has_uncommitted(worktree: Path) -> bool:
     return bool(out(worktree, "status", "--porcelain", "--", ".", *copied))
 
 
-def _unstage_copied(worktree: Path, env: dict[str, str] | None = None) -> None:
-    """After ``add -A``: take the copied files out of the index again. (Excluding them from the
-    add instead fails when one is ignored: git refuses a pathspec that names an ignored file.)"""
+def _add_all_but_copied(worktree: Path, env: dict[str, str] | None = None) -> None:
+    """``git add -A`` of everything but the copied files. Those not ignored are excluded from the
+    add, so that not even an unreachable object of theirs is written (an ignored one is not added
+    anyway, and naming it in an exclude makes git refuse the whole add); then any that got into
+    the index all the same (a command may un-ignore them) is taken out again."""
     copied = copied_files(worktree)
+    ignored = set()
+    if copied:
+        listed = run(worktree, "check-ignore", "-z", "--stdin", check=False, env=env,
+                     input="\0".join(copied) + "\0").stdout
+        ignored = set(listed.split("\0"))
+    run(worktree, "add", "-A", "--", ".", *[f":(exclude,literal){p}" for p in copied if p not in ignored], env=env)
     if copied:
         run(worktree, "reset", "-q", "--", *[f":(literal){p}" for p in copied], env=env)
 
@@ -131,8 +139,7 @@ def update_ref(root: Path, ref: str, new: str, old: str | None = None) -> None:
 
 def commit_all(worktree: Path, message: str) -> str | None:
     """Commit every change (tracked, untracked, deleted) but the copied files; None when there is nothing."""
-    run(worktree, "add", "-A", "--", ".")
-    _unstage_copied(worktree)
+    _add_all_but_copied(worktree)
     if run(worktree, "diff", "--cached", "--quiet", check=False).returncode == 0:
         return None
     run(worktree, "commit", "-q", "--no-verify", "-m", message, env=IDENTITY)
@@ -159,8 +166,7 @@ def snapshot_tree(worktree: Path, message: str) -> str | None:
     try:
         if index.exists():
             private.write_bytes(index.read_bytes())
-        run(worktree, "add", "-A", env=env)
-        _unstage_copied(worktree, env)
+        _add_all_but_copied(worktree, env)
         tree = run(worktree, "write-tree", env=env).stdout.strip()
         parent = rev(worktree, "HEAD")
         args = ["commit-tree", tree, "-m", message] + (["-p", parent] if parent else [])

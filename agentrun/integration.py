@@ -205,6 +205,11 @@ def verify(ws: Workstream, wsp: Workspace, gates: GateRunner, workdir: Path, mes
     if wsp.isolated:
         wsp.commit = git.commit_all(wsp.path, message) or wsp.base
         wsp.changed = git.changed_files(wsp.path, wsp.base, wsp.commit) if wsp.commit != wsp.base else []
+        leaked = sorted(set(wsp.changed) & set(wsp.copied))
+        if leaked:   # the command committed them itself: no ref may keep that commit
+            git.update_ref(wsp.path, f"refs/heads/{wsp.branch}", wsp.base)
+            return ExecResult("failed", error=f"copy_untracked: the result contains the copied file(s) "
+                                              f"{', '.join(leaked)}; copied files are never part of a result")
         if ws.changes_expected and not wsp.changed:
             return ExecResult("failed", error="no changes: the command exited 0 but changed no file "
                                               "(set expect_changes = false for read-only work)")

@@ -396,3 +396,30 @@ def test_into_one_of_agentruns_own_branches_is_refused(repo):
 
     assert proc.returncode == 2 and "agentrun's own branches" in proc.stderr
     assert out(repo, "for-each-ref") == refs_before
+
+
+def test_a_copied_file_the_command_commits_itself_is_refused_and_left_in_no_ref(repo):
+    (repo / ".gitignore").write_text(".env\n")
+    _commit(repo, "ignore .env")
+    (repo / ".env").write_text("SECRET=committed-by-the-command-77\n")
+    write_ws(repo / "w", "sneaky", files=["a.txt", ".env"], copy_untracked=[".env"], scope="off",
+             run="git add -f .env && git commit -q -m mine && echo x > a.txt")
+
+    proc = run(repo)
+
+    assert proc.returncode == 1, explain(proc)
+    _, rows = outcome(repo)
+    assert "contains the copied file(s) .env" in rows["sneaky"]["error"]
+    assert "committed-by-the-command" not in out(repo, "log", "--all", "-p")
+
+
+def test_copied_files_leave_no_object_in_the_repository(repo):
+    (repo / "cred.txt").write_text("TOKEN=never-hashed-5521\n")   # untracked, not ignored
+    write_ws(repo / "w", "uses", files=["a.txt"], copy_untracked=["cred.txt"], run="echo x > a.txt")
+    write_ws(repo / "w", "fails", files=["b.txt"], copy_untracked=["cred.txt"], run="echo y > b.txt; exit 1")
+
+    assert run(repo).returncode == 1
+    assert agentrun("clean", cwd=repo).returncode == 0
+
+    blob = git(repo, "hash-object", "cred.txt").stdout.strip()
+    assert git(repo, "cat-file", "-e", blob, check=False).returncode != 0
