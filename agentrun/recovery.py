@@ -48,7 +48,11 @@ class Unfinished:
         steps = []
         if self.crashed:
             steps.append(f"recover: stop what is left of {c.get('running', 0)} running attempt(s), mark them lost")
-        steps.append(f"resume: {c.get('done', 0)} done stay done; {again} queued again")
+        branch = self.run["integration_branch"]
+        if branch and git.rev(Path(self.run["project_root"]), f"refs/heads/{branch}") is None:
+            steps.append(f"cannot be resumed: its integration branch {branch} is gone")
+        else:
+            steps.append(f"resume: {c.get('done', 0)} done stay done; {again} queued again")
         return "; ".join(steps)
 
 

@@ -423,3 +423,20 @@ def test_copied_files_leave_no_object_in_the_repository(repo):
 
     blob = git(repo, "hash-object", "cred.txt").stdout.strip()
     assert git(repo, "cat-file", "-e", blob, check=False).returncode != 0
+
+
+def test_recover_list_says_a_run_without_its_integration_branch_cannot_be_resumed(repo):
+    write_ws(repo / "w", "bad", files=["b.txt"], run="exit 3")
+    write_ws(repo / "w", "wait", files=["c.txt"], run="echo c > c.txt", depends_on=["bad"])
+    assert run(repo).returncode == 1
+    run_row, _ = outcome(repo)
+    db = sqlite3.connect(repo / ".agentrun" / "state.db")
+    with db:
+        db.execute("UPDATE runs SET status = 'interrupted' WHERE id = ?", (run_row["id"],))
+    db.close()
+    git(repo, "branch", "-D", run_row["integration_branch"])
+
+    listed = agentrun("recover", "--list", cwd=repo)
+
+    assert f"cannot be resumed: its integration branch {run_row['integration_branch']} is gone" in listed.stdout
+    assert "queued again" not in listed.stdout
