@@ -155,7 +155,10 @@ def leaving_path(root: Path, ws: Workstream) -> str | None:
             parts.pop()
         if not parts:
             continue
-        target = root.joinpath(*parts).resolve()
+        try:
+            target = root.joinpath(*parts).resolve()
+        except (OSError, RuntimeError):   # a symlink loop
+            return f"{name}: {'/'.join(parts)!r} cannot be resolved (a symlink loop); agentrun does not work there"
         inside = target == real_root or target.is_relative_to(real_root)
         if not inside or ".git" in target.relative_to(real_root).parts:
             where = "outside the worktree" if not inside else "into .git"

@@ -440,3 +440,14 @@ def test_recover_list_says_a_run_without_its_integration_branch_cannot_be_resume
 
     assert f"cannot be resumed: its integration branch {run_row['integration_branch']} is gone" in listed.stdout
     assert "queued again" not in listed.stdout
+
+
+def test_a_cwd_that_is_a_symlink_loop_fails_with_a_plain_message(repo):
+    (repo / "loop").symlink_to("loop")
+    _commit(repo, "a loop")
+    write_ws(repo / "w", "loopy", cwd="loop", expect_changes=False, run="true")
+
+    proc = run(repo)
+
+    assert proc.returncode == 1, explain(proc)
+    assert outcome(repo)[1]["loopy"]["error"].startswith("cwd: 'loop' cannot be resolved (a symlink loop)")
