@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from .errors import EXIT_INTERRUPTED, AgentrunError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, AgentrunError
 
 state_dir_option = click.option("--state-dir", type=click.Path(file_okay=False),
                                 help="State directory (default: .agentrun/ in the project root).")
@@ -78,4 +78,8 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except OSError as exc:  # the machine's refusal (permissions, a full disk): one line, no traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(EXIT_FAILED)
     return wrapper
