@@ -39,6 +39,14 @@ ATTEMPT_HEARTBEAT_SECONDS = 5.0
 # A kept log holds at most the first LOG_HEAD_BYTES and the last LOG_TAIL_BYTES of an attempt's output.
 LOG_HEAD_BYTES = 1 << 20
 LOG_TAIL_BYTES = 7 << 20
+# While a command runs, what its log will not keep is given back to the file system each time the
+# log has grown this much past those (see RunningLog). The log is looked at every LOG_CHECK_SECONDS,
+# and while it grows fast about every LOG_SLACK_BYTES of output, at most every LOG_CHECK_MIN_SECONDS.
+LOG_SLACK_BYTES = 1 << 20
+LOG_CHECK_SECONDS = 0.25
+LOG_CHECK_MIN_SECONDS = 0.01
+HOLE_ALIGN_BYTES = 4096   # a file-system block: a hole frees whole blocks only
+SPOOL_PREFIX = ".lane-"   # how the name of a worker's spool (RunContext.spool_path) begins
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ class RunContext:
         crashed worker left behind is never taken over by another worker."""
         if self._spool is None or self._spool[0] != os.getpid():
             pid = os.getpid()
-            self._spool = (pid, f"{self.logs_dir}/.lane-{lane}.{pid}-{procs.proc_start_time(pid)}.log")
+            self._spool = (pid, f"{self.logs_dir}/{SPOOL_PREFIX}{lane}.{pid}-{procs.proc_start_time(pid)}.log")
         return self._spool[1]
 
     def lane(self, lane: int) -> tuple[str, str]:
@@ -269,7 +277,7 @@ class Attempt:
                                                   self.lane),
             log_fd=self.log_fd, timeout=ws.timeout, cancel_fd=self.cancel_fd, on_spawn=self._on_spawn,
             on_heartbeat=lambda: self.store.heartbeat_attempt(self.attempt_id, time.time()),
-            heartbeat=ATTEMPT_HEARTBEAT_SECONDS)
+            heartbeat=ATTEMPT_HEARTBEAT_SECONDS, check_output=RunningLog(self.log_fd, ctx.secrets).check)
 
         for command in ws.setup:
             self.log(f"setup: {command.display()}")
@@ -461,7 +469,7 @@ def _settle_log(claimed: Claimed, ctx: RunContext, attempt: Attempt, result: Exe
         with open(kept, "wb") as out:
             if attempt.header is not None:
                 out.write(secrets.redact_bytes(attempt.header))
-            _copy_log(log_fd, size, out.write, secrets)
+            copy_log(log_fd, size, out.write, secrets)
     except OSError:
         # Disk full, say: keep the output as it is rather than nothing, unless it holds a secret.
         if secrets.found_in(log_fd, 0, size):
@@ -481,7 +489,7 @@ def settle_orphaned_log(spool: str | None, kept: str, secrets: redaction.Secrets
     fd = os.open(spool, os.O_RDONLY)
     try:
         with open(kept, "wb") as out:
-            _copy_log(fd, os.fstat(fd).st_size, out.write, secrets)
+            copy_log(fd, os.fstat(fd).st_size, out.write, secrets)
     except OSError:
         return spool
     finally:
@@ -490,7 +498,64 @@ def settle_orphaned_log(spool: str | None, kept: str, secrets: redaction.Secrets
     return kept
 
 
-def _copy_log(log_fd: int, size: int, write: Callable[[bytes], object], secrets: redaction.Secrets) -> None:
+class RunningLog:
+    """Keeps the log of a running attempt within about ``LOG_HEAD_BYTES + LOG_TAIL_BYTES +
+    LOG_SLACK_BYTES`` on disk, where its file system can punch holes: the command appends to the
+    file, so it cannot be shortened under it, but the part ``copy_log`` will omit can be given back.
+
+    The hole lies between the head's cut and where the tail's cut is now (it only moves on as the
+    log grows), and neither of its ends falls inside a secret. ``copy_log``'s cuts only move back
+    to the start of a secret, so they land where they would without the hole, and what it keeps
+    is exactly what it would keep. A spool kept as it is (disk full, see ``_settle_log``) holds
+    whole secrets or none, which ``Secrets.found_in`` sees (a hole reads as zeros)."""
+
+    def __init__(self, log_fd: int, secrets: redaction.Secrets):
+        self.log_fd = log_fd
+        self.secrets = secrets
+        self.hole_end: int | None = 0   # 0: no hole yet; None: this file cannot have one
+        self.size = 0
+        self.checked_at = time.monotonic()
+        self.delay = LOG_CHECK_SECONDS
+
+    def check(self) -> float | None:
+        """Punch if the log has outgrown the cap; returns the seconds until the next look (see
+        ``procs.wait``): sooner while the log grows fast, None where it cannot have holes."""
+        if self.hole_end is None:
+            return None
+        now = time.monotonic()
+        size = os.fstat(self.log_fd).st_size
+        grown, elapsed = size - self.size, now - self.checked_at
+        self.size, self.checked_at = size, now
+        if size - max(self.hole_end, LOG_HEAD_BYTES) > LOG_TAIL_BYTES + LOG_SLACK_BYTES:
+            self._punch(size)
+            if self.hole_end is None:
+                return None
+        # The next look when about LOG_SLACK_BYTES more are written at the rate of late, but no
+        # more than twice as late as this one: a command that floods its log may pause and resume.
+        due = elapsed * LOG_SLACK_BYTES / grown if grown > 0 else LOG_CHECK_SECONDS
+        self.delay = min(LOG_CHECK_SECONDS, 2 * self.delay, max(LOG_CHECK_MIN_SECONDS, due))
+        return self.delay
+
+    def _punch(self, size: int) -> None:
+        start = self.hole_end or self._clear_of_secrets(LOG_HEAD_BYTES, HOLE_ALIGN_BYTES, size)
+        end = self._clear_of_secrets((size - LOG_TAIL_BYTES) // HOLE_ALIGN_BYTES * HOLE_ALIGN_BYTES,
+                                     -HOLE_ALIGN_BYTES, size)
+        if end <= start:
+            return
+        try:
+            punched = procs.punch_hole(self.log_fd, start, end - start)
+        except OSError:  # a full disk, say: trimming the log is no reason to fail the attempt
+            return       # (the next look tries again)
+        self.hole_end = end if punched else None
+
+    def _clear_of_secrets(self, offset: int, step: int, size: int) -> int:
+        """The first of ``offset``, ``offset + step``, ... that lies inside no secret."""
+        while self.secrets.cut_before(self.log_fd, offset, size) != offset:
+            offset += step
+        return offset
+
+
+def copy_log(log_fd: int, size: int, write: Callable[[bytes], object], secrets: redaction.Secrets) -> None:
     """The output as kept, redacted, a chunk at a time: all of it, or the first ``LOG_HEAD_BYTES``,
     a line saying how much was dropped, and the last ``LOG_TAIL_BYTES``. Neither cut splits a secret."""
     if size <= LOG_HEAD_BYTES + LOG_TAIL_BYTES:

@@ -18,7 +18,7 @@ from .errors import EXIT_FAILED, GitError, UsageError
 from .integration import fast_forward
 from .layout import layout_for, project_root
 from .progress import display_for
-from .attempt import conversation_path
+from .attempt import SPOOL_PREFIX, conversation_path, copy_log
 from .scheduler import SCHEDULES
 from .spec import BUDGET_MODES, LLMSettings
 from .state import StateStore
@@ -339,7 +339,13 @@ def logs(run_id, ws_id, attempt, conversation, state_dir) -> None:
     secrets = redaction.run_secrets(redaction.secret_names(llm.models), os.environ)
     try:
         with open(path, "rb") as fh:
-            secrets.copy(fh.fileno(), 0, os.fstat(fh.fileno()).st_size, sys.stdout.buffer.write)
+            fd, size = fh.fileno(), os.fstat(fh.fileno()).st_size
+            if path.name.startswith(SPOOL_PREFIX):
+                # A worker's spool, shown as it will be kept: what a kept log omits may be gone from
+                # the disk already (see attempt.RunningLog), and reads as zeros.
+                copy_log(fd, size, sys.stdout.buffer.write, secrets)
+            else:
+                secrets.copy(fd, 0, size, sys.stdout.buffer.write)
         sys.stdout.buffer.flush()
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other commands do
         silence(sys.stdout)

@@ -26,6 +26,7 @@ class AttemptContext:
     on_spawn: Callable[[int, int], None] = lambda pid, pgid: None
     on_heartbeat: Callable[[], None] = lambda: None
     heartbeat: float | None = None
+    check_output: Callable[[], float | None] | None = None   # looks at the log while a command runs
 
 
 @dataclass
@@ -47,7 +48,8 @@ def run_command(command: Command, ctx: AttemptContext, *, timeout: float | None)
     except OSError as exc:
         return ExecResult("failed", error=f"cannot start {command.display()!r}: {exc.strerror or exc}")
     end = procs.wait(pid, timeout=timeout, cancel_fd=ctx.cancel_fd, heartbeat=ctx.heartbeat,
-                     on_heartbeat=ctx.on_heartbeat, on_running=lambda: ctx.on_spawn(pid, pid))
+                     on_heartbeat=ctx.on_heartbeat, on_running=lambda: ctx.on_spawn(pid, pid),
+                     check_output=ctx.check_output)
     code = end.returncode
     sig = -code if code is not None and code < 0 else None
     exit_code = code if code is not None and code >= 0 else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import functools
 import os
 import select
@@ -110,14 +112,17 @@ class Exit:
 
 
 def wait(pid: int, *, timeout: float | None, cancel_fd: int | None,
-         heartbeat: float | None = None, on_heartbeat=None, on_running=None,
+         heartbeat: float | None = None, on_heartbeat=None, on_running=None, check_output=None,
          grace: float = KILL_GRACE_SECONDS) -> Exit:
     """Wait for process ``pid``; on timeout or when ``cancel_fd`` becomes readable, stop its group.
 
     ``on_running`` is called once if the command is still running after
     ``RECORD_AFTER_SECONDS``: recording a pid costs a transaction, and most short
     commands are gone before that (anything started for a run is found by its
-    environment anyway, see ``recovery.run_processes``). A pidfd makes the wait an
+    environment anyway, see ``recovery.run_processes``). ``on_heartbeat`` is called
+    every ``heartbeat`` seconds. ``check_output`` is called first with ``on_running``
+    (no wake-up of its own for short commands), then whenever it asks: it returns the
+    seconds until its next call, None for none. A pidfd makes the wait an
     exact, sleep-free poll. When the leader exits, any
     processes it left behind in its group are killed before it is reaped (the
     zombie leader keeps the group id from being reused).
@@ -130,7 +135,8 @@ def wait(pid: int, *, timeout: float | None, cancel_fd: int | None,
         if cancel_fd is not None:
             poller.register(cancel_fd, select.POLLIN | select.POLLHUP)
         try:
-            how = _wait_loop(poller, pidfd, cancel_fd, deadline, heartbeat, on_heartbeat, on_running)
+            how = _wait_loop(poller, pidfd, cancel_fd, deadline, heartbeat, on_heartbeat, on_running,
+                             check_output)
         except BaseException:  # whatever interrupts the wait, the command does not outlive it
             stop_group(pid, pidfd=pidfd, grace=grace)
             os.waitpid(pid, 0)
@@ -146,26 +152,58 @@ def wait(pid: int, *, timeout: float | None, cancel_fd: int | None,
 
 
 def _wait_loop(poller, pidfd: int, cancel_fd: int | None, deadline: float | None, heartbeat: float | None,
-               on_heartbeat, on_running) -> str:
+               on_heartbeat, on_running, check_output) -> str:
+    now = time.monotonic()
+    record_at = None if on_running is None else now + RECORD_AFTER_SECONDS
+    beat_at = None if heartbeat is None or on_heartbeat is None else now + heartbeat
+    check_at = None if check_output is None else now + RECORD_AFTER_SECONDS
     while True:
-        wait_for = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if heartbeat is not None:
-            wait_for = heartbeat if wait_for is None else min(wait_for, heartbeat)
-        if on_running is not None:
-            wait_for = RECORD_AFTER_SECONDS if wait_for is None else min(wait_for, RECORD_AFTER_SECONDS)
-        ready = poller.poll(None if wait_for is None else wait_for * 1000)
+        due = min((t for t in (deadline, record_at, beat_at, check_at) if t is not None), default=None)
+        ready = poller.poll(None if due is None else max(0.0, due - time.monotonic()) * 1000)
         fds = {fd for fd, _ in ready}
         if pidfd in fds:
             return "exited"
         if cancel_fd is not None and cancel_fd in fds:
             return "cancelled"
-        if deadline is not None and time.monotonic() >= deadline:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
             return "timeout"
-        if on_running is not None:
+        if record_at is not None and now >= record_at:
+            record_at = None
             on_running()
-            on_running = None
-        elif on_heartbeat is not None:
+        if beat_at is not None and now >= beat_at:
+            beat_at = now + heartbeat
             on_heartbeat()
+        if check_at is not None and now >= check_at:
+            delay = check_output()
+            check_at = None if delay is None else now + delay
+
+
+_FALLOC_FL_KEEP_SIZE = 0x01   # <linux/falloc.h>: Python's os module has no names for these
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Give bytes [offset, offset + length) of the file ``fd`` back to the file system; its size
+    stays, and they read as zeros. False where the file cannot have holes (its file system does
+    not support them, or ``fd`` is not a regular file); other errors raise OSError."""
+    fallocate = _fallocate()
+    while fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        code = ctypes.get_errno()
+        if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENODEV, errno.ESPIPE):
+            return False
+        if code != errno.EINTR:
+            raise OSError(code, f"fallocate: {os.strerror(code)}")
+    return True
+
+
+@functools.cache
+def _fallocate():
+    libc = ctypes.CDLL(None, use_errno=True)
+    call = getattr(libc, "fallocate64", None) or libc.fallocate  # 64-bit offsets on 32-bit systems too
+    call.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    call.restype = ctypes.c_int
+    return call
 
 
 def _kill_group(pgid: int, sig: int) -> None:
