@@ -46,6 +46,7 @@ class Pattern(NamedTuple):
     glob: bool
     directory: bool              # names directories: written with a trailing "/" (a glob: or "/**")
     prefix: str                  # the leading segments without wildcards: everything it names is below here
+    head: str                    # the text before the first wildcard (see _head), a literal's whole path
 
     @property
     def base(self) -> tuple[str, ...]:
@@ -103,10 +104,31 @@ def parse(pattern: str) -> Pattern:
     text = "/".join(segments)
     wildcard = _SPECIAL.search(text)
     if wildcard is None:
-        return Pattern(text, segments, False, pattern.endswith("/"), text)
-    prefix = text[:max(text.rfind("/", 0, wildcard.start()), 0)]
+        return Pattern(text, segments, False, pattern.endswith("/"), text, text)
+    start = text.rfind("/", 0, wildcard.start()) + 1      # of the first segment with a wildcard
     directory = pattern.endswith("/") or (len(segments) > 1 and segments[-1] == _ANY)
-    return Pattern(text, segments, True, directory, prefix)
+    return Pattern(text, segments, True, directory, text[:max(start - 1, 0)], _head(text, start, wildcard.start()))
+
+
+def _head(text: str, start: int, wildcard: int) -> str:
+    """A glob's head: the text before its first wildcard character, at ``wildcard``, in the
+    segment from ``start``. Used to index patterns: when ``overlap(a, b)``, one head is a
+    prefix of the other (as strings), and a literal whose path is a proper prefix of a
+    glob's head is the project root ("") or a directory above that head (the head starts
+    with the literal's path and "/").
+
+    Why: up to its first segment with a wildcard, a glob's segments are literal and are
+    compared one for one (``**`` is itself a wildcard segment, so nothing shifts before
+    it). There ``overlap`` asks of a literal name that the segment's pattern match it (so
+    the name starts with the segment's head), of another wildcard segment that their
+    heads be prefixes of one another, and of ``**`` nothing (the head ends just before
+    it, at a directory boundary, where a literal may end too: ``src/**`` and ``src``
+    overlap). A directory glob adds only a trailing ``**``, after its head. Between two
+    wildcard segments one of which has a backslash, ``overlap`` does not compare heads,
+    so such a glob's head stops where that segment starts.
+    """
+    segment = text[start:].partition("/")[0]
+    return text[:start] if "\\" in segment else text[:wildcard]
 
 
 def _translatable(segment: str) -> str:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import difflib
 import statistics
 from dataclasses import dataclass, field
-from functools import partial
-from itertools import chain
-from typing import Iterable, Mapping
+from itertools import combinations
+from typing import Iterable, Iterator, Mapping
 
 from . import globs
 from .errors import UsageError
@@ -165,68 +164,14 @@ def predict_conflicts(plan: Plan) -> list[tuple[str, str, str, str]]:
     """Pairs of independent workstreams whose ``files`` may touch the same paths.
 
     Each pair comes once, ids in order, with the first pattern of each (in
-    ``files`` order) that overlaps one of the other's. Two patterns can only
-    overlap when one's literal prefix (its leading segments without wildcards)
-    is the other's or a directory above it, so patterns are indexed by that
-    prefix and only such candidates are compared.
+    ``files`` order) that overlaps one of the other's. Only the candidates
+    that ``_PatternIndex`` finds are compared.
     """
     ids = sorted(plan.workstreams)
-    # Holders and pairs are ints (a holder: workstream ordinal << _INDEX_BITS | index in its files):
-    # tens of thousands of small containers would set off the garbage collector's full scans.
-    holder: dict[str, int] = {}            # a literal's key (see globs.literal_key) or a glob -> its first holder
-    more_holders: dict[str, list[int]] = {}
-    globs_at: dict[str, list[tuple[str, globs.Pattern]]] = {}    # literal prefix -> globs
-    files_in: dict[str, list[str]] = {}    # directory -> literals right inside it, taken to be files
-    others_in: dict[str, list[str]] = {}   # directory -> literals right inside it that could be directories
-    for ordinal, ws in enumerate(map(plan.workstreams.get, ids)):
-        for index, pattern in enumerate(ws.files):
-            literal = globs.literal_key(pattern)
-            key = pattern if literal is None else literal
-            if key in holder:
-                more_holders.setdefault(key, [holder[key]]).append(ordinal << _INDEX_BITS | index)
-            elif literal is None:
-                holder[key] = ordinal << _INDEX_BITS | index
-                parsed = globs.parse(pattern)
-                globs_at.setdefault(parsed.prefix, []).append((pattern, parsed))
-            else:
-                holder[key] = ordinal << _INDEX_BITS | index
-                if key:
-                    parent = (key[:-1] if key[-1] == "/" else key).rpartition("/")[0]
-                    (others_in if globs.could_be_directory(key) else files_in).setdefault(parent, []).append(key)
-
+    index = _PatternIndex([plan.workstreams[i].files for i in ids])
     found: dict[int, int] = {}             # pair of ordinals (a * len(ids) + b) -> first pair of indexes
-    record = partial(_record_pairs, found, holder, more_holders, len(ids))
-    for key in more_holders:
-        record(key, key)
-    for keys in others_in.values():
-        for key in keys:
-            if key.endswith("/") and key[:-1] in holder:   # "v1.2/" and "v1.2" name the same path
-                record(key, key[:-1])
-    # Literals below each glob prefix: grouped by parent, whose ancestors are theirs too. Those
-    # taken to be files overlap a glob only by being matched, which one regex tells for many.
-    below_files: dict[str, list[str]] = {prefix: [] for prefix in globs_at}
-    below_others = {prefix: _literal_keys(holder, prefix) for prefix in globs_at}   # at the prefix too
-    for inside, below in ((files_in, below_files), (others_in, below_others)):
-        for parent, keys in inside.items():
-            for directory in (_directories_above(parent) + [parent]) if parent else [""]:
-                for above in _literal_keys(holder, directory):
-                    for key in keys:
-                        record(above, key)
-                if directory in below:
-                    below[directory].extend(keys)
-    for prefix, here in globs_at.items():
-        directories = _directories_above(prefix)
-        above = [g for directory in directories for g in globs_at.get(directory, ())]
-        others = [key for directory in directories for key in _literal_keys(holder, directory)] + below_others[prefix]
-        for n, (p, parsed) in enumerate(here):
-            for q, other in chain(here[n + 1:], above):
-                if globs.overlap(parsed, other):
-                    record(p, q)
-            for key in globs.matched_files(parsed, below_files[prefix]):
-                record(p, key)
-            for key in others:
-                if globs.overlap(parsed, globs.parse(key)):
-                    record(p, key)
+    for p, q in index.overlapping():
+        _record_pairs(found, index.holder, index.more_holders, len(ids), p, q)
 
     pairs = {key: (ids[key // len(ids)], ids[key % len(ids)]) for key in found}
     ordered = _ordered_pairs(plan, pairs.values())
@@ -238,20 +183,107 @@ def predict_conflicts(plan: Plan) -> list[tuple[str, str, str, str]]:
     return conflicts
 
 
-def _directories_above(path: str) -> list[str]:
-    """The project root and every directory above ``path`` ("a/b/c" -> "", "a", "a/b")."""
-    if not path:
-        return []
-    above, cut = [""], path.find("/")
-    while cut >= 0:
-        above.append(path[:cut])
-        cut = path.find("/", cut + 1)
-    return above
+class _PatternIndex:
+    """The distinct patterns of the workstreams' ``files``, who holds each, and which overlap.
+
+    A literal is keyed by ``globs.literal_key``, a glob by its text. Two patterns can
+    only overlap when one's head (``globs.Pattern.head``) is a prefix of the other's, so
+    all are sorted by head, a glob before a literal with the same head, and:
+
+    - a literal is compared with the literals at its path and at the directories above it;
+    - a glob, with the patterns after it whose head starts with its own (a run: the globs
+      whose head its own starts with come before it and find it in theirs), and with the
+      literals at the directories above its head (a literal shorter than the head overlaps
+      only from there).
+
+    Holders are ints (workstream ordinal << _INDEX_BITS | index in its files) and the index
+    is flat lists: tens of thousands of small containers would set off the garbage
+    collector's full scans.
+    """
+
+    def __init__(self, files_per_workstream: list[tuple[str, ...]]):
+        self.holder: dict[str, int] = {}            # key -> its first holder
+        self.more_holders: dict[str, list[int]] = {}
+        glob_keys: list[str] = []
+        parsed_globs: list[globs.Pattern] = []
+        literal_keys: list[str] = []
+        for ordinal, files in enumerate(files_per_workstream):
+            for index, pattern in enumerate(files):
+                literal = globs.literal_key(pattern)
+                key = pattern if literal is None else literal
+                if key in self.holder:
+                    self.more_holders.setdefault(key, [self.holder[key]]).append(ordinal << _INDEX_BITS | index)
+                    continue
+                self.holder[key] = ordinal << _INDEX_BITS | index
+                if literal is None:
+                    glob_keys.append(pattern)
+                    parsed_globs.append(globs.parse(pattern))
+                else:
+                    literal_keys.append(literal)
+        # Globs first, so that the stable sort leaves each before the literals with its head.
+        heads = [glob.head for glob in parsed_globs] + [key.rstrip("/") for key in literal_keys]
+        keys = glob_keys + literal_keys
+        parsed: list[globs.Pattern | None] = [*parsed_globs, *[None] * len(literal_keys)]
+        order = sorted(range(len(heads)), key=heads.__getitem__)
+        self.heads = [heads[i] for i in order]
+        self.keys = [keys[i] for i in order]
+        self.globs = [parsed[i] for i in order]     # None for a literal
+        self._above: dict[str, list[str]] = {}      # directory -> keys of the literals at it and above it
+
+    def overlapping(self) -> Iterator[tuple[str, str]]:
+        """Pairs of keys whose patterns overlap; a key with itself when it has several holders."""
+        yield from ((key, key) for key in self.more_holders)
+        yield from self._literal_pairs()
+        for n, glob in enumerate(self.globs):
+            if glob is not None:
+                yield from self._glob_pairs(n, glob)
+
+    def _literals_above(self, path: str) -> list[str]:
+        """The keys of the literals at the directories above ``path`` (the root is above any other path)."""
+        if not path:
+            return []
+        directory = path.rpartition("/")[0]
+        if directory not in self._above:   # computed once per directory: many paths share one
+            here = [key for key in (directory, directory + "/") if key in self.holder]
+            self._above[directory] = self._literals_above(directory) + here
+        return self._above[directory]
+
+    def _literal_pairs(self) -> Iterator[tuple[str, str]]:
+        """Each literal with the literals at its path (once) and at the directories above it."""
+        for key, glob in zip(self.keys, self.globs):
+            if glob is None:
+                path = key.rstrip("/")
+                if key != path and path in self.holder:
+                    yield path, key                 # "v1.2" and "v1.2/" name the same path
+                for above in self._literals_above(path):
+                    yield above, key
+
+    def _glob_pairs(self, n: int, glob: globs.Pattern) -> Iterator[tuple[str, str]]:
+        """The pairs of the ``n``th pattern, a glob, with the patterns after it and the literals above it."""
+        head, key = self.heads[n], self.keys[n]
+        files = []       # literals taken to be files overlap a glob only by being matched: one regex for many
+        for m in range(n + 1, _run_end(self.heads, n + 1, head)):
+            other = self.keys[m]
+            if self.globs[m] is not None:
+                if globs.overlap(glob, self.globs[m]):
+                    yield key, other
+            elif not globs.could_be_directory(other):
+                files.append(other)
+            elif globs.overlap(glob, globs.parse(other)):
+                yield key, other
+        for path in globs.matched_files(glob, files):
+            yield key, path
+        for other in self._literals_above(head):
+            if globs.overlap(glob, globs.parse(other)):
+                yield key, other
 
 
-def _literal_keys(holder: dict[str, int], path: str) -> list[str]:
-    """The keys under which literals naming ``path`` are held."""
-    return [key for key in (path, path + "/") if key in holder] if path else ([""] if "" in holder else [])
+def _run_end(strings: list[str], start: int, prefix: str) -> int:
+    """Where the run of sorted ``strings`` from ``start`` that begin with ``prefix`` ends."""
+    end = start
+    while end < len(strings) and strings[end].startswith(prefix):
+        end += 1
+    return end
 
 
 def _record_pairs(found: dict[int, int], holder: dict[str, int], more_holders: dict[str, list[int]],

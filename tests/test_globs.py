@@ -199,6 +199,48 @@ def test_matched_files_is_overlap_for_files_below_the_prefix(glob, paths, paddin
     assert expected == [path for path in files if matcher((glob,)).match(path)]
 
 
+# --- heads: what the planner indexes patterns by -----------------------------------------
+
+HEADS = [
+    ("tests/test_m1_*.py", "tests/test_m1_"),   # the text before the first wildcard
+    ("src/**", "src/"),
+    ("**/*.md", ""),
+    ("pkg*/", "pkg"),
+    ("./docs//*.md", "docs/"),                  # of the normalised text
+    ("src/a.py", "src/a.py"),                   # a literal: its whole path
+    ("v1.2/", "v1.2"),
+    (".", ""),
+    ("x\\y*", ""),             # a backslash: overlap does not compare heads there (it overlaps "zz*")
+    ("src/a[b]\\c*/x", "src/"),
+]
+
+
+@pytest.mark.parametrize("pattern, head", HEADS)
+def test_head(pattern, head):
+    assert parse(pattern).head == head
+
+
+HEAD_SEGMENTS = NAMES + ["*", "**", "a*", "a.*", "ab*", "b?", "[ab]*", "*.md", "a\\*", "\\a*", "a[z-a]", "a\\", "."]
+
+
+@st.composite
+def indexed_patterns(draw):
+    """Patterns whose heads often share a beginning, backslashes and the root included."""
+    parts = draw(st.lists(st.sampled_from(HEAD_SEGMENTS), min_size=1, max_size=3))
+    return draw(st.sampled_from(["", "./"])) + "/".join(parts) + draw(st.sampled_from(["", "/"]))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(indexed_patterns(), indexed_patterns())
+def test_overlapping_patterns_have_heads_one_a_prefix_of_the_other(p, q):
+    """What the planner's index relies on (globs._head says why it holds)."""
+    if patterns_overlap(p, q):
+        short, long = sorted((parse(p), parse(q)), key=lambda pattern: len(pattern.head))
+        assert long.head.startswith(short.head)
+        if not short.glob and long.glob and short.head != long.head:
+            assert short.head == "" or long.head.startswith(short.head + "/")   # a directory above
+
+
 # --- the scope check, through a real run ------------------------------------------------
 
 def test_the_scope_check_uses_the_same_globs(tmp_path: Path):

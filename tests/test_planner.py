@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agentrun import globs
 from agentrun.errors import UsageError
 from agentrun.globs import patterns_overlap
 from agentrun.planner import DEFAULT_ESTIMATE, build_plan, predict_conflicts, select
@@ -325,6 +326,56 @@ def test_predicted_conflicts_on_a_larger_random_plan():
     assert conflicts == brute_force_conflicts(workstreams)
     assert len(conflicts) > 1000 and any(depends(workstreams, w.id, v.id) and set(w.files) & set(v.files)
                                          for w in workstreams for v in workstreams)
+
+
+# Shapes the index must get right: many globs with one literal prefix, globs and literals
+# whose heads share a beginning, nested directories, ** in the middle, literal directories
+# above globs, the project root, escapes.
+SHARED_HEADS = ["tests/test_m1_*.py", "tests/test_m1*.py", "tests/test_m12_*.py", "tests/test_m1.py",
+                "tests/test_m1_a.py", "tests/test_m12.py", "tests/test_m*", "tests/*_m1_*.py", "tests/test_m1_*/",
+                "tests", "tests/", "tests/sub", "tests/sub/test_m1_b.py", "tests/**/test_m1_*.py", "tests/**/x",
+                "tests/sub/**", "**/test_m1_*.py", "tests/test_m1_x.py/y", "tests/test_m1_x.py", ".",
+                "./tests//test_m1_*.py", "tests/test_m1_[ab].py", "tests/test_m1_\\*.py", "tests/test_m1_\\",
+                "te*", "v1.2", "v1.2/", "v1.2/*.txt", "v1.2/x.txt"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(dags(max_nodes=10), st.data())
+def test_predicted_conflicts_are_the_brute_force_ones_for_shared_heads(workstreams, data):
+    with_files = [ws(w.id, *w.depends_on,
+                     files=tuple(data.draw(st.lists(st.sampled_from(SHARED_HEADS), max_size=3))))
+                  for w in workstreams]
+    assert build_plan(with_files).conflicts == brute_force_conflicts(with_files)
+
+
+def test_predicted_conflicts_on_a_larger_plan_with_shared_heads():
+    rnd = random.Random(5)
+    shapes = ["tests/test_m{k}_*.py", "tests/test_m{k}.py", "tests/sub{k}/test_m{k}.py", "tests/**/test_m{k}_*.py",
+              "tests/sub{k}", "tests/sub{k}/*", "docs/**/m{k}.md", "tests/test_m{k}*"]
+    workstreams = [ws(f"w{i:03d}", *sorted({f"w{rnd.randrange(i):03d}" for _ in range(rnd.randint(0, 2))} if i else ()),
+                      files=tuple(rnd.choice(shapes).format(k=rnd.randrange(12)) for _ in range(rnd.randint(1, 3))))
+                   for i in range(200)]
+    workstreams[17] = ws("w017", files=("tests",))
+    workstreams[42] = ws("w042", files=(".",))
+    conflicts = build_plan(workstreams).conflicts
+    assert conflicts == brute_force_conflicts(workstreams)
+    assert len(conflicts) > 500
+
+
+def test_globs_sharing_a_prefix_are_not_compared_pairwise(monkeypatch):
+    """The tester's shape: no two of these patterns overlap, and no pair need be compared.
+
+    ``overlap`` and ``matched_files`` are watched, not replaced: they still give every answer.
+    """
+    compared = []
+    overlap, matched_files = globs.overlap, globs.matched_files
+    monkeypatch.setattr(globs, "overlap", lambda a, b: compared.append((a, b)) or overlap(a, b))
+    monkeypatch.setattr(globs, "matched_files", lambda glob, files: compared.extend(files) or matched_files(glob, files))
+    workstreams = [ws(f"w{i:04d}", files=(f"tests/test_m{i}.py", f"tests/test_m{i}_*.py")) for i in range(2000)]
+    workstreams.append(ws("w9999", files=("tests/test_m7_a.py",)))
+
+    assert build_plan(workstreams).conflicts == [("w0007", "w9999", "tests/test_m7_*.py", "tests/test_m7_a.py")]
+    assert len(compared) <= len(workstreams)    # all pairs: 2,000,000
 
 
 def test_conflict_groups_and_exclusive_workstreams():
