@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
@@ -11,8 +12,9 @@ import pytest
 
 from agentrun.errors import SpecError
 from agentrun.spec import (MAX_FILE_BYTES, Command, Workstream, find_cycles, load_source, parse_documents,
-                           parse_source, project_problems)
-from conftest import agentrun
+                           parse_source, project_problems, read_document)
+from agentrun.values import shown
+from conftest import agentrun, state, toml_value
 from gitutil import all_refs, init_repo
 
 
@@ -714,6 +716,65 @@ def test_a_fifo_or_a_device_as_source_never_blocks(tmp_path, command):
         assert proc.stderr == (f"error: {source}: not a regular file but {kind}; workstream files and "
                                "agentrun.toml are plain files\n")
     assert not (tmp_path / ".agentrun").exists()
+
+
+def test_a_toml_key_nested_too_deep_is_refused_before_tomllib_reads_it(tmp_path):
+    # tomllib's time grows with the square of a key's parts: this 400 KB file kept it busy for minutes.
+    line = "a." * 200_000 + "b = 1"
+    write(tmp_path / "w", "x.toml", 'run = "true"\n' + line + "\n")
+    proc = agentrun("plan", "w", cwd=tmp_path, timeout=20)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: w/x.toml: line 2: a key or table header of more than 64 dotted parts "
+                           f"({shown(line)}); nest tables at most 64 deep\n")
+    assert not (tmp_path / ".agentrun").exists()
+
+
+KEY_64 = ".".join(f"k{i}" for i in range(64))
+
+
+@pytest.mark.parametrize("text, line", [
+    (f"{KEY_64}.k64 = 1\n", 1),
+    (f'run = "true"\n[{KEY_64}.k64]\n', 2),
+    (f"[[{KEY_64}.k64]]\n", 1),
+    (f'x = 1\ny = {{ {KEY_64}.k64 = 1 }}\n', 2),
+    (f'"quoted.part" . {KEY_64} = 1\n', 1),
+    (f'd = """\n{KEY_64}\n"""\n# {KEY_64}\n{KEY_64}.k64 = 1\n', 5),
+])
+def test_keys_of_more_than_64_parts_are_refused_at_their_line(tmp_path, text, line):
+    path = write(tmp_path, "deep.toml", text)
+    with pytest.raises(ValueError) as info:
+        read_document(path)
+    assert str(info.value).startswith(f"line {line}: a key or table header of more than 64 dotted parts (")
+
+
+def test_keys_of_64_parts_and_dots_in_values_strings_and_comments_load(tmp_path):
+    dots = ".".join("v" * 100)
+    text = "\n".join([f"{KEY_64} = 1",
+                      "[x]",
+                      f'"a.b".c = "{dots}"',
+                      f"d = '{dots}'",
+                      'e = """',
+                      dots,
+                      '"""',
+                      f"f = '''{dots}'''",
+                      "g = [1.5, 2.5, 1979-05-27T07:32:00.999]",
+                      f'h = """He said "{dots}""""',
+                      f"# {dots}", ""])
+    doc = read_document(write(tmp_path, "a.toml", text))
+    assert doc["x"] == {"a.b": {"c": dots}, "d": dots, "e": dots + "\n", "f": dots, "h": f'He said "{dots}"',
+                        "g": [1.5, 2.5, datetime.datetime(1979, 5, 27, 7, 32, 0, 999000)]}
+    for part in KEY_64.split(".")[:-1]:
+        doc = doc[part]
+    assert doc == {"k63": 1}
+
+
+def test_ordinary_dotted_keys_still_load(tmp_path):
+    d = tmp_path / "w"
+    write(d, "agentrun.toml", '[models.x]\nid = "vendor/x-1.5"\ncontext_window = 8192\n[defaults]\nenv.A = "1"\n')
+    write(d, "a.toml", f'run = "true"\nenv.B = "2"\ndescription = "see https://{".".join("x" * 80)}/"\n')
+    source = load_source(d)
+    assert source.llm.models["x"].id == "vendor/x-1.5"
+    assert source.workstreams[0].env == {"A": "1", "B": "2"}
 
 
 def test_a_file_over_the_size_limit_is_refused(tmp_path):
