@@ -8,7 +8,6 @@ Pure core: ``parse_documents`` turns already-read documents into validated
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import functools
 import hashlib
 import json
@@ -21,6 +20,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields as dataclass_f
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
+from . import globs
 from .durations import parse_duration
 from .errors import SpecError
 from .models import DEFAULT_MODEL, EDIT_FORMATS, Model, Rules, parse_models, resolve, select_model
@@ -296,17 +296,22 @@ def _rel_path(v: Any) -> str:
     return v
 
 
-_globs = _list_of(_rel_path)
+def _pattern(v: Any) -> str:
+    segment = globs.git_segment(_rel_path(v))
+    if segment is not None:
+        part = "" if segment == globs.parse(v).text else f" (its part {shown(segment)} does)"
+        raise ValueError(f"{shown(v)} matches .git{part}, which git and agentrun manage (in a worktree it is a "
+                         "file pointing at the repository); name files of the project")
+    return v
+
+
+_globs = _list_of(_pattern)
 
 
 def _untracked_pattern(v: Any) -> str:
-    parts = PurePosixPath(_rel_path(v)).parts
-    if all(set(part) <= {"*"} for part in parts):
+    if globs.matches_any_file(_pattern(v)):
         raise ValueError(f"{shown(v)} matches every file; name the untracked files to copy, e.g. [\".env\"]")
-    if len(parts) == 1 and fnmatch.fnmatchcase(".git", parts[0].lower()):
-        # The project's .git can be a file (a linked worktree): copied, it would break the worktree.
-        raise ValueError(f"{shown(v)} matches .git; name the untracked files to copy, e.g. [\".env\"]")
-    if any("**" in part and part != "**" for part in parts):  # pathlib's glob refuses it
+    if any("**" in part and part != "**" for part in PurePosixPath(v).parts):  # pathlib's glob refuses it
         raise ValueError(f"{shown(v)}: '**' can only be a whole part of the path, e.g. \"config/**/*.local\"")
     return v
 

@@ -635,8 +635,19 @@ def test_agent_only_fields_in_defaults_are_for_the_agent_workstreams():
     ("copy_untracked", ["**/*"], "'**/*' matches every file"),
     ("copy_untracked", ["./*"], "'./*' matches every file"),
     ("copy_untracked", ["."], "'.' matches every file"),
-    ("copy_untracked", [".*"], "'.*' matches .git; name the untracked files to copy"),
+    ("copy_untracked", [".*"], "'.*' matches .git, which git and agentrun manage (in a worktree it is a file "
+                               "pointing at the repository); name files of the project"),
     ("copy_untracked", [".g?t"], "'.g?t' matches .git"),
+    ("copy_untracked", ["**/?*"], "'**/?*' matches every file"),
+    ("copy_untracked", ["*/**"], "'*/**' matches every file"),
+    ("copy_untracked", ["[!.]*"], "'[!.]*' matches every file"),
+    ("copy_untracked", ["**/.gi?"], "'**/.gi?' matches .git (its part '.gi?' does), which git and agentrun manage"),
+    ("files", [".gi?/config"], "'.gi?/config' matches .git (its part '.gi?' does), which git and agentrun manage "
+                               "(in a worktree it is a file pointing at the repository); name files of the project"),
+    ("files", ["[.]git/config"], "'[.]git/config' matches .git (its part '[.]git' does)"),
+    ("files", ["**/.gi?"], "'**/.gi?' matches .git (its part '.gi?' does)"),
+    ("files", ["src/.G[I]T/hooks"], "'src/.G[I]T/hooks' matches .git (its part '.G[I]T' does)"),
+    ("files", [".*/**"], "'.*/**' matches .git (its part '.*' does)"),
     ("copy_untracked", ["config/a**"], "'config/a**': '**' can only be a whole part of the path"),
     ("conflict_group", "", "'' is blank; give a name, or leave the field out"),
     ("conflict_group", "  \t", "'  \\t' is blank"),
@@ -649,10 +660,11 @@ def test_meaningless_settings_are_refused(field, value, expected):
 
 
 def test_sensible_paths_and_patterns_are_accepted():
-    ws = parse_documents([("a.toml", {"run": "true", "files": [".github/workflows/ci.yml", "src/**/*.py", "."],
-                                      "cwd": "sub/dir", "copy_untracked": [".env", "config/*.local", "**/.envrc"],
+    files = [".github/workflows/ci.yml", "src/**/*.py", ".", "src/*", "*/README.md", "**/*.md", ".gitignore", "**"]
+    untracked = [".env", "config/*.local", "**/.envrc", ".env*", "**/*.md", ".github/ci.yml", "src/**"]
+    ws = parse_documents([("a.toml", {"run": "true", "files": files, "cwd": "sub/dir", "copy_untracked": untracked,
                                       "conflict_group": "db"})])[0]
-    assert ws.copy_untracked == (".env", "config/*.local", "**/.envrc") and ws.conflict_group == "db"
+    assert ws.files == tuple(files) and ws.copy_untracked == tuple(untracked) and ws.conflict_group == "db"
 
 
 def test_a_cwd_naming_a_file_of_the_project_is_a_problem(tmp_path):
@@ -842,6 +854,9 @@ REJECTED = {
     "agent-only": 'run = "true"\nmodel = "deepseek-chat"\n',
     "into-git": 'run = "true"\nfiles = [".git/config"]\n',
     "copy-all": 'run = "true"\ncopy_untracked = ["**/*"]\n',
+    "copy-all-by-meaning": 'run = "true"\ncopy_untracked = ["**/?*"]\n',
+    "into-git-by-glob": 'run = "true"\nfiles = [".gi?/config"]\n',
+    "deep-key": 'run = "true"\n' + "a." * 64 + "b = 1\n",
     "blank-group": 'run = "true"\nconflict_group = ""\n',
     "cwd-file": 'run = "true"\ncwd = "README.md"\n',
     "newline-id": '[[workstream]]\nid = "a\\nb"\nrun = "true"\n',
