@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
@@ -879,3 +880,40 @@ def test_a_rejected_source_writes_nothing(tmp_path, kind):
         assert len(lines[0]) < 400 and "Traceback" not in proc.stderr
     assert not (repo / ".agentrun").exists()
     assert all_refs(repo) == before and "agentrun/" not in before
+
+
+# --- the command line's numbers, and secrets written into files ---------------------
+
+@pytest.mark.parametrize("args, expected", [
+    (["run", "w", "--budget", "nan"], "--budget: 'nan' is not a number from 0 to 1,000,000"),
+    (["run", "w", "--budget", "inf"], "--budget: 'inf' is not a number from 0 to 1,000,000"),
+    (["run", "w", "--budget", "1e400"], "--budget: '1e400' is not a number from 0 to 1,000,000"),
+    (["run", "w", "--budget", "2000000"], "--budget: '2000000' is not a number from 0 to 1,000,000"),
+    (["run", "w", "--budget=-1"], "--budget: '-1' is not a number from 0 to 1,000,000"),
+    (["run", "w", "-j", "0"], "--max-workers: '0' is not a whole number from 1 to 1,024"),
+    (["run", "w", "--parallel", "--max-workers", "1025"],
+     "--max-workers: '1025' is not a whole number from 1 to 1,024"),
+    (["plan", "w", "-j", "2.5"], "--max-workers: '2.5' is not a whole number from 1 to 1,024"),
+    (["resume", "20260101-000000-abcd", "-j", "99999999999999999999"],
+     "--max-workers: '99999999999999999999' is not a whole number from 1 to 1,024"),
+])
+def test_numbers_on_the_command_line_out_of_range_are_one_line_and_nothing_runs(tmp_path, args, expected):
+    repo = init_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    ledger = tmp_path / "ledger"
+    (repo / "w" / "ws.toml").write_text(f'run = "echo ran >> {ledger}"\n')
+    proc = agentrun(*args, cwd=repo)
+    assert (proc.returncode, proc.stderr, proc.stdout) == (2, f"error: {expected}\n", "")
+    assert not ledger.exists() and not (repo / ".agentrun").exists()
+
+
+def test_numbers_on_the_command_line_at_their_limits_are_taken(tmp_path):
+    repo = init_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    (repo / "w" / "ws.toml").write_text('run = "true"\n')
+    assert agentrun("plan", "w", "-j", "1024", cwd=repo).returncode == 0
+    proc = agentrun("run", "w", "--budget", "1000000", "--max-workers", "1024", "-q", cwd=repo)
+    assert proc.returncode == 0, proc.stderr
+    db = state(repo)
+    try:
+        assert json.loads(db.latest_run()["options"])["llm"]["budget"]["max_cost_usd"] == 1_000_000
+    finally:
+        db.close()
