@@ -917,3 +917,43 @@ def test_numbers_on_the_command_line_at_their_limits_are_taken(tmp_path):
         assert json.loads(db.latest_run()["options"])["llm"]["budget"]["max_cost_usd"] == 1_000_000
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("title", "rotate {key}"),
+    ("description", "the old key was\n{key}\n"),
+    ("env", {"TOKEN": "{key}"}),
+    ("tags", ["key-{key}"]),
+    ("run", "curl -H 'Authorization: Bearer {key}' https://example.com"),
+])
+def test_a_secret_written_into_a_workstream_file_is_refused_and_never_shown(tmp_path, field, value):
+    key = f"sk-or-v1-{uuid.uuid4().hex}"
+    repo = init_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    before = all_refs(repo)
+    filled = json.loads(json.dumps(value).replace("{key}", key))
+    rest = "" if field == "run" else 'run = "true"\n'
+    (repo / "w" / "ws.toml").write_text(f"{field} = {toml_value(filled)}\n{rest}")
+    for args in (["run", "w"], ["plan", "w"]):
+        proc = agentrun(*args, cwd=repo, env={"OPENROUTER_API_KEY": key})
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.splitlines() == [
+            f"error: w/ws.toml: workstream 'ws': field '{field}': holds the value of OPENROUTER_API_KEY (an API key "
+            "in agentrun's environment), which would be stored in the state DB and commit messages; remove it and "
+            "reference the key by name with secrets = [\"OPENROUTER_API_KEY\"]"]
+        assert key not in proc.stdout + proc.stderr
+    assert not (repo / ".agentrun").exists() and all_refs(repo) == before
+
+
+def test_a_key_referenced_by_name_runs_and_is_stored_nowhere(tmp_path):
+    key = f"sk-or-v1-{uuid.uuid4().hex}"
+    repo = init_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    (repo / "w" / "agentrun.toml").write_text('[models.mine]\nid = "vendor/m"\napi_key_env = "MY_KEY"\n')
+    (repo / "w" / "ws.toml").write_text(f'title = "rotate {key}"\nrun = "true"\n')
+    proc = agentrun("run", "w", cwd=repo, env={"MY_KEY": key})   # a [models.*] entry's variable counts too
+    assert proc.returncode == 2 and "holds the value of MY_KEY" in proc.stderr and key not in proc.stderr
+    (repo / "w" / "ws.toml").write_text('title = "rotate the key"\nrun = ["sh", "-c", "test -n \\"$MY_KEY\\""]\n'
+                                        'secrets = ["MY_KEY"]\n')
+    proc = agentrun("run", "w", "-q", cwd=repo, env={"MY_KEY": key})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    kept = [p for p in (repo / ".agentrun").rglob("*") if p.is_file()]
+    assert kept and not [p for p in kept if key.encode() in p.read_bytes()]
