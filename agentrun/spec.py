@@ -832,7 +832,7 @@ def load_source(source: str | Path) -> Source:
 
 def project_problems(workstreams: list[Workstream], root: Path) -> list[str]:
     """What only the project itself can show to be wrong: a ``cwd`` naming a file (or a path under
-    one). A ``cwd`` that does not exist yet is fine: ``setup`` or a dependency may create it."""
+    one). A ``cwd`` that does not exist yet is fine: a dependency's result may contain it."""
     problems: list[str] = []
     for ws in workstreams:
         if ws.cwd is None:

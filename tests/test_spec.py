@@ -674,7 +674,7 @@ def test_a_cwd_naming_a_file_of_the_project_is_a_problem(tmp_path):
     workstreams = parse_documents([("w/a.toml", {"run": "true", "cwd": "README.md"}),
                                    ("w/b.toml", {"run": "true", "cwd": "README.md/sub"}),
                                    ("w/c.toml", {"run": "true", "cwd": "src"}),
-                                   ("w/d.toml", {"run": "true", "cwd": "build/out"}),   # made later by setup
+                                   ("w/d.toml", {"run": "true", "cwd": "build/out"}),   # made later by a dependency
                                    ("w/e.toml", {"run": "true"})])
     problems = project_problems(workstreams, tmp_path)
     assert problems == [
