@@ -14,14 +14,43 @@ import click
 from . import recovery, redaction, render, runner, status
 from .cli_common import ForgivingOutput, handle_errors, silence, state_dir_option
 from .durations import format_duration
-from .errors import EXIT_FAILED, GitError, UsageError
+from .errors import EXIT_FAILED, EXIT_USAGE, GitError, UsageError
 from .integration import fast_forward
 from .layout import layout_for, project_root
 from .progress import display_for
 from .attempt import SPOOL_PREFIX, conversation_path, copy_log
 from .scheduler import SCHEDULES
-from .spec import BUDGET_MODES, LLMSettings
+from .spec import BUDGET_MODES, MAX_COST_USD, LLMSettings
 from .state import StateStore
+from .values import number, shown, whole_number
+
+MAX_WORKERS = 1024
+
+
+class BadOptionValue(click.ClickException):
+    """A bad option value, reported like any bad input: one line naming the option and the fix, exit
+    code 2 (click's own usage errors print the usage too)."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class Bounded(click.ParamType):
+    """A number from ``low`` to ``high``, checked as the numbers of workstream files are (click's
+    FloatRange lets NaN through)."""
+
+    def __init__(self, kind: type, low: int, high: int):
+        self.kind, self.low, self.high = kind, low, high
+        self.name = "whole number" if kind is int else "number"
+
+    def convert(self, value, param, ctx):
+        try:
+            return (whole_number if self.kind is int else number)(self.kind(value), self.low, self.high)
+        except ValueError:
+            raise BadOptionValue(f"{param.opts[0]}: {shown(str(value))} is not a {self.name} from {self.low:,} "
+                                 f"to {self.high:,}") from None
 
 
 class LazyGroup(click.Group):
@@ -60,7 +89,7 @@ def _fit_workers(prep: runner.Prepared) -> runner.Prepared:
 
 @cli.command()
 @click.argument("source", default="waves", required=False)
-@click.option("--max-workers", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+@click.option("--max-workers", "-j", type=Bounded(int, 1, MAX_WORKERS), default=None, metavar="N",
               help="Workers the plan is sized for (default: CPUs).")
 @click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="text", show_default=True)
 @click.option("--ws-id", "ws_ids", multiple=True, help="Plan only these workstreams (repeatable).")
@@ -80,7 +109,7 @@ def plan(source, max_workers, fmt, ws_ids, with_deps, state_dir) -> None:
 @click.argument("source", default="waves", required=False)
 @click.option("--parallel", is_flag=True, help="Run workstreams in parallel, one worker per CPU "
               "(default: one at a time).")
-@click.option("--max-workers", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+@click.option("--max-workers", "-j", type=Bounded(int, 1, MAX_WORKERS), default=None, metavar="N",
               help="Run up to N workstreams in parallel (with or without --parallel).")
 @click.option("--ws-id", "ws_ids", multiple=True, help="Run only these workstreams (repeatable).")
 @click.option("--with-deps", is_flag=True, help="With --ws-id: also run what they depend on.")
@@ -90,7 +119,7 @@ def plan(source, max_workers, fmt, ws_ids, with_deps, state_dir) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan and run nothing.")
 @click.option("--into", metavar="BRANCH", help="At the end, fast-forward BRANCH to the integration branch "
               "if every workstream is done.")
-@click.option("--budget", "budget_usd", type=click.FloatRange(min=0), default=None, metavar="USD",
+@click.option("--budget", "budget_usd", type=Bounded(float, 0, MAX_COST_USD), default=None, metavar="USD",
               help="Run budget in US dollars for model calls (overrides [budget] max_cost_usd).")
 @click.option("--budget-mode", type=click.Choice(BUDGET_MODES), default=None,
               help="warn: log and go on; soft: start nothing new; hard: stop running work now.")
@@ -249,7 +278,7 @@ def _left_to_run(store: StateStore, run_id: str) -> int:
 @cli.command()
 @click.argument("run_id")
 @click.option("--accept-changes", is_flag=True, help="Use edited workstream files for work not yet done.")
-@click.option("--max-workers", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+@click.option("--max-workers", "-j", type=Bounded(int, 1, MAX_WORKERS), default=None, metavar="N",
               help="Workers (default: as the run was started).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output, only the final summary.")
 @state_dir_option

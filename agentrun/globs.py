@@ -322,3 +322,24 @@ def matched_files(glob: Pattern, files: list[str]) -> list[str]:
         ending = ""
     search = _path_regex(glob.text, glob.directory).search
     return [path for path in files if path.endswith(ending) and search(path)]
+
+
+# Names nobody lists on purpose: a pattern that matches them matches any name.
+_ANY_NAMES = ("zq9", ".zq9")
+
+
+def matches_any_file(pattern: str) -> bool:
+    """Does ``pattern`` match files whatever their names: any name at the top level (``*``, ``.``), or
+    any path some directories down (``**/?*``, ``*/**``)?"""
+    match = matcher((pattern,)).match
+    return any(match(name) or match("zq7/zq8/" + name) for name in _ANY_NAMES)
+
+
+def git_segment(pattern: str) -> str | None:
+    """The first segment of ``pattern`` that singles out ``.git`` (in any case, as some file systems
+    ignore case): that matches it but not any name, as ``*`` and ``**`` do. ``.gi?``, ``[.]git``
+    and ``.*`` single it out; ``src/*`` does not."""
+    for segment in parse(pattern).segments:
+        if _segment_matches(segment.lower(), ".git") and not _segment_matches(segment, _ANY_NAMES[0]):
+            return segment
+    return None

@@ -26,9 +26,10 @@ from .integration import GitRun, integration_branch
 from .layout import Layout, layout_for, new_run_id, project_root
 from .planner import Plan, build_plan, select
 from .scheduler import SCHEDULES, Scheduler, lookahead, to_release
-from .spec import (LLMSettings, Source, load_source, project_problems, source_digest,
+from .spec import (LLMSettings, Source, Workstream, load_source, project_problems, source_digest,
                    workstreams_from_snapshots)
 from .state import StateStore, json_dumps, return_unstarted
+from .values import shown_path
 
 RUN_HEARTBEAT_SECONDS = 2.0
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -80,6 +81,8 @@ def prepare(options: RunOptions, cwd: Path | None = None) -> Prepared:
     if options.schedule not in SCHEDULES:
         raise UsageError(f"--schedule: must be one of {', '.join(SCHEDULES)}")
     source = load_source(options.source)
+    if problems := written_secrets(source.workstreams, source.llm):
+        raise SpecError(problems)
     chosen = source.workstreams
     if options.ws_ids:
         chosen = select(source.workstreams, options.ws_ids, options.with_deps)
@@ -94,6 +97,28 @@ def prepare(options: RunOptions, cwd: Path | None = None) -> Prepared:
         source.llm.budget = replace(current, max_cost_usd=options.budget_usd if options.budget_usd is not None
                                     else current.max_cost_usd, mode=options.budget_mode or current.mode)
     return Prepared(options, source, plan, root, layout, use_git, notes, base_ref)
+
+
+def written_secrets(workstreams: list[Workstream], settings: LLMSettings) -> list[str]:
+    """A problem for each field of a workstream that holds the value of an API key variable set here
+    (see ``redaction``): the definition is stored in the state DB and its title in commit messages."""
+    by_name = {name: secrets for name in sorted(redaction.secret_names(settings.models))
+               if (secrets := redaction.run_secrets([name], os.environ))}
+    if not by_name:
+        return []
+    every = redaction.Secrets(value for secrets in by_name.values() for value in secrets.values)
+    problems: list[str] = []
+    for ws in workstreams:
+        snapshot = ws.snapshot()[0]
+        if every.redact(snapshot) == snapshot:
+            continue
+        for field_name, value in ws.to_json().items():
+            text = json.dumps(value)
+            problems += [f"{shown_path(ws.source)}: workstream '{ws.id}': field '{field_name}': holds the value of "
+                         f"{name} (an API key in agentrun's environment), which would be stored in the state DB and "
+                         f"commit messages; remove it and reference the key by name with secrets = [\"{name}\"]"
+                         for name, secrets in by_name.items() if secrets.redact(text) != text]
+    return problems
 
 
 def preflight(settings: LLMSettings, plan: Plan) -> None:

@@ -8,7 +8,6 @@ Pure core: ``parse_documents`` turns already-read documents into validated
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import functools
 import hashlib
 import json
@@ -21,6 +20,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields as dataclass_f
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
+from . import globs
 from .durations import parse_duration
 from .errors import SpecError
 from .models import DEFAULT_MODEL, EDIT_FORMATS, Model, Rules, parse_models, resolve, select_model
@@ -54,6 +54,7 @@ MAX_ENV_VALUE_BYTES = 32 * 1024
 MAX_ENV_BYTES = 256 * 1024             # a workstream's env, names and values, [defaults] included
 MAX_LIST_ITEMS = 10_000
 MAX_FILE_BYTES = 10 * 1024 * 1024      # one workstream file or agentrun.toml
+MAX_KEY_PARTS = 64                     # a TOML key or table header: tomllib's time grows with its square
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 HINT_CHARS = 200                       # longer names are no typo of a known one: no did-you-mean
 
@@ -295,17 +296,22 @@ def _rel_path(v: Any) -> str:
     return v
 
 
-_globs = _list_of(_rel_path)
+def _pattern(v: Any) -> str:
+    segment = globs.git_segment(_rel_path(v))
+    if segment is not None:
+        part = "" if segment == globs.parse(v).text else f" (its part {shown(segment)} does)"
+        raise ValueError(f"{shown(v)} matches .git{part}, which git and agentrun manage (in a worktree it is a "
+                         "file pointing at the repository); name files of the project")
+    return v
+
+
+_globs = _list_of(_pattern)
 
 
 def _untracked_pattern(v: Any) -> str:
-    parts = PurePosixPath(_rel_path(v)).parts
-    if all(set(part) <= {"*"} for part in parts):
+    if globs.matches_any_file(_pattern(v)):
         raise ValueError(f"{shown(v)} matches every file; name the untracked files to copy, e.g. [\".env\"]")
-    if len(parts) == 1 and fnmatch.fnmatchcase(".git", parts[0].lower()):
-        # The project's .git can be a file (a linked worktree): copied, it would break the worktree.
-        raise ValueError(f"{shown(v)} matches .git; name the untracked files to copy, e.g. [\".env\"]")
-    if any("**" in part and part != "**" for part in parts):  # pathlib's glob refuses it
+    if any("**" in part and part != "**" for part in PurePosixPath(v).parts):  # pathlib's glob refuses it
         raise ValueError(f"{shown(v)}: '**' can only be a whole part of the path, e.g. \"config/**/*.local\"")
     return v
 
@@ -709,6 +715,32 @@ def _read_regular(path: Path) -> bytes:
     return data
 
 
+# TOML strings and comments, whole (an unclosed one to the end of its line, or of the file for a
+# multi-line string): what looks like a key in them is none. Possessive, so any text is scanned in linear time.
+_TOML_STRINGS = re.compile(r'"""(?:[^"\\]|\\.|""?(?!"))*+(?:"{3,5}|\Z)'
+                           r"|'''(?:[^']|''?(?!'))*+(?:'{3,5}|\Z)"
+                           r'|"(?:[^"\\\n]|\\.)*+"?'
+                           r"|'[^'\n]*+'?"
+                           r"|#[^\n]*+", re.S)
+# Outside strings and comments, dots appear in keys and in numbers, one per number, and nothing but a key
+# puts several between two of =, a bracket, a brace, a comma and a line break. Anchored after one of them
+# (or at the start), each character is looked at once.
+_KEY_END = r"=,\[\]{}\n"
+_DEEP_KEY = re.compile(rf"(?<![^{_KEY_END}])[^.{_KEY_END}]*+(?:\.[^.{_KEY_END}]*+){{{MAX_KEY_PARTS}}}")
+
+
+def _check_key_depth(content: str) -> None:
+    """Refuse a TOML key or table header of more than MAX_KEY_PARTS dotted parts before tomllib reads it."""
+    if content.count(".") < MAX_KEY_PARTS:
+        return
+    blanked = _TOML_STRINGS.sub(lambda string: "s" + "\n" * string[0].count("\n"), content)  # lines kept
+    if found := _DEEP_KEY.search(blanked):
+        line = blanked.count("\n", 0, found.start()) + 1
+        written = content.split("\n")[line - 1]
+        raise ValueError(f"line {line}: a key or table header of more than {MAX_KEY_PARTS} dotted parts "
+                         f"({shown(written)}); nest tables at most {MAX_KEY_PARTS} deep")
+
+
 def read_document(path: Path) -> Any:
     """Parse one TOML or JSON file; ValueError carries a user-facing message."""
     data = _read_regular(path)
@@ -720,6 +752,8 @@ def read_document(path: Path) -> Any:
         raise ValueError(f"not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start:,}); "
                          "save it as UTF-8") from None
     kind = "JSON" if path.suffix == ".json" else "TOML"
+    if kind == "TOML":
+        _check_key_depth(content)
     try:
         return json.loads(content) if kind == "JSON" else tomllib.loads(content)
     except json.JSONDecodeError as exc:
@@ -798,7 +832,7 @@ def load_source(source: str | Path) -> Source:
 
 def project_problems(workstreams: list[Workstream], root: Path) -> list[str]:
     """What only the project itself can show to be wrong: a ``cwd`` naming a file (or a path under
-    one). A ``cwd`` that does not exist yet is fine: ``setup`` or a dependency may create it."""
+    one). A ``cwd`` that does not exist yet is fine: a dependency's result may contain it."""
     problems: list[str] = []
     for ws in workstreams:
         if ws.cwd is None:

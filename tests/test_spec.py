@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
 
 from agentrun.errors import SpecError
 from agentrun.spec import (MAX_FILE_BYTES, Command, Workstream, find_cycles, load_source, parse_documents,
-                           parse_source, project_problems)
-from conftest import agentrun
+                           parse_source, project_problems, read_document)
+from agentrun.values import shown
+from conftest import agentrun, state, toml_value
 from gitutil import all_refs, init_repo
 
 
@@ -633,8 +636,19 @@ def test_agent_only_fields_in_defaults_are_for_the_agent_workstreams():
     ("copy_untracked", ["**/*"], "'**/*' matches every file"),
     ("copy_untracked", ["./*"], "'./*' matches every file"),
     ("copy_untracked", ["."], "'.' matches every file"),
-    ("copy_untracked", [".*"], "'.*' matches .git; name the untracked files to copy"),
+    ("copy_untracked", [".*"], "'.*' matches .git, which git and agentrun manage (in a worktree it is a file "
+                               "pointing at the repository); name files of the project"),
     ("copy_untracked", [".g?t"], "'.g?t' matches .git"),
+    ("copy_untracked", ["**/?*"], "'**/?*' matches every file"),
+    ("copy_untracked", ["*/**"], "'*/**' matches every file"),
+    ("copy_untracked", ["[!.]*"], "'[!.]*' matches every file"),
+    ("copy_untracked", ["**/.gi?"], "'**/.gi?' matches .git (its part '.gi?' does), which git and agentrun manage"),
+    ("files", [".gi?/config"], "'.gi?/config' matches .git (its part '.gi?' does), which git and agentrun manage "
+                               "(in a worktree it is a file pointing at the repository); name files of the project"),
+    ("files", ["[.]git/config"], "'[.]git/config' matches .git (its part '[.]git' does)"),
+    ("files", ["**/.gi?"], "'**/.gi?' matches .git (its part '.gi?' does)"),
+    ("files", ["src/.G[I]T/hooks"], "'src/.G[I]T/hooks' matches .git (its part '.G[I]T' does)"),
+    ("files", [".*/**"], "'.*/**' matches .git (its part '.*' does)"),
     ("copy_untracked", ["config/a**"], "'config/a**': '**' can only be a whole part of the path"),
     ("conflict_group", "", "'' is blank; give a name, or leave the field out"),
     ("conflict_group", "  \t", "'  \\t' is blank"),
@@ -647,10 +661,11 @@ def test_meaningless_settings_are_refused(field, value, expected):
 
 
 def test_sensible_paths_and_patterns_are_accepted():
-    ws = parse_documents([("a.toml", {"run": "true", "files": [".github/workflows/ci.yml", "src/**/*.py", "."],
-                                      "cwd": "sub/dir", "copy_untracked": [".env", "config/*.local", "**/.envrc"],
+    files = [".github/workflows/ci.yml", "src/**/*.py", ".", "src/*", "*/README.md", "**/*.md", ".gitignore", "**"]
+    untracked = [".env", "config/*.local", "**/.envrc", ".env*", "**/*.md", ".github/ci.yml", "src/**"]
+    ws = parse_documents([("a.toml", {"run": "true", "files": files, "cwd": "sub/dir", "copy_untracked": untracked,
                                       "conflict_group": "db"})])[0]
-    assert ws.copy_untracked == (".env", "config/*.local", "**/.envrc") and ws.conflict_group == "db"
+    assert ws.files == tuple(files) and ws.copy_untracked == tuple(untracked) and ws.conflict_group == "db"
 
 
 def test_a_cwd_naming_a_file_of_the_project_is_a_problem(tmp_path):
@@ -659,7 +674,7 @@ def test_a_cwd_naming_a_file_of_the_project_is_a_problem(tmp_path):
     workstreams = parse_documents([("w/a.toml", {"run": "true", "cwd": "README.md"}),
                                    ("w/b.toml", {"run": "true", "cwd": "README.md/sub"}),
                                    ("w/c.toml", {"run": "true", "cwd": "src"}),
-                                   ("w/d.toml", {"run": "true", "cwd": "build/out"}),   # made later by setup
+                                   ("w/d.toml", {"run": "true", "cwd": "build/out"}),   # made later by a dependency
                                    ("w/e.toml", {"run": "true"})])
     problems = project_problems(workstreams, tmp_path)
     assert problems == [
@@ -714,6 +729,65 @@ def test_a_fifo_or_a_device_as_source_never_blocks(tmp_path, command):
         assert proc.stderr == (f"error: {source}: not a regular file but {kind}; workstream files and "
                                "agentrun.toml are plain files\n")
     assert not (tmp_path / ".agentrun").exists()
+
+
+def test_a_toml_key_nested_too_deep_is_refused_before_tomllib_reads_it(tmp_path):
+    # tomllib's time grows with the square of a key's parts: this 400 KB file kept it busy for minutes.
+    line = "a." * 200_000 + "b = 1"
+    write(tmp_path / "w", "x.toml", 'run = "true"\n' + line + "\n")
+    proc = agentrun("plan", "w", cwd=tmp_path, timeout=20)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: w/x.toml: line 2: a key or table header of more than 64 dotted parts "
+                           f"({shown(line)}); nest tables at most 64 deep\n")
+    assert not (tmp_path / ".agentrun").exists()
+
+
+KEY_64 = ".".join(f"k{i}" for i in range(64))
+
+
+@pytest.mark.parametrize("text, line", [
+    (f"{KEY_64}.k64 = 1\n", 1),
+    (f'run = "true"\n[{KEY_64}.k64]\n', 2),
+    (f"[[{KEY_64}.k64]]\n", 1),
+    (f'x = 1\ny = {{ {KEY_64}.k64 = 1 }}\n', 2),
+    (f'"quoted.part" . {KEY_64} = 1\n', 1),
+    (f'd = """\n{KEY_64}\n"""\n# {KEY_64}\n{KEY_64}.k64 = 1\n', 5),
+])
+def test_keys_of_more_than_64_parts_are_refused_at_their_line(tmp_path, text, line):
+    path = write(tmp_path, "deep.toml", text)
+    with pytest.raises(ValueError) as info:
+        read_document(path)
+    assert str(info.value).startswith(f"line {line}: a key or table header of more than 64 dotted parts (")
+
+
+def test_keys_of_64_parts_and_dots_in_values_strings_and_comments_load(tmp_path):
+    dots = ".".join("v" * 100)
+    text = "\n".join([f"{KEY_64} = 1",
+                      "[x]",
+                      f'"a.b".c = "{dots}"',
+                      f"d = '{dots}'",
+                      'e = """',
+                      dots,
+                      '"""',
+                      f"f = '''{dots}'''",
+                      "g = [1.5, 2.5, 1979-05-27T07:32:00.999]",
+                      f'h = """He said "{dots}""""',
+                      f"# {dots}", ""])
+    doc = read_document(write(tmp_path, "a.toml", text))
+    assert doc["x"] == {"a.b": {"c": dots}, "d": dots, "e": dots + "\n", "f": dots, "h": f'He said "{dots}"',
+                        "g": [1.5, 2.5, datetime.datetime(1979, 5, 27, 7, 32, 0, 999000)]}
+    for part in KEY_64.split(".")[:-1]:
+        doc = doc[part]
+    assert doc == {"k63": 1}
+
+
+def test_ordinary_dotted_keys_still_load(tmp_path):
+    d = tmp_path / "w"
+    write(d, "agentrun.toml", '[models.x]\nid = "vendor/x-1.5"\ncontext_window = 8192\n[defaults]\nenv.A = "1"\n')
+    write(d, "a.toml", f'run = "true"\nenv.B = "2"\ndescription = "see https://{".".join("x" * 80)}/"\n')
+    source = load_source(d)
+    assert source.llm.models["x"].id == "vendor/x-1.5"
+    assert source.workstreams[0].env == {"A": "1", "B": "2"}
 
 
 def test_a_file_over_the_size_limit_is_refused(tmp_path):
@@ -781,6 +855,9 @@ REJECTED = {
     "agent-only": 'run = "true"\nmodel = "deepseek-chat"\n',
     "into-git": 'run = "true"\nfiles = [".git/config"]\n',
     "copy-all": 'run = "true"\ncopy_untracked = ["**/*"]\n',
+    "copy-all-by-meaning": 'run = "true"\ncopy_untracked = ["**/?*"]\n',
+    "into-git-by-glob": 'run = "true"\nfiles = [".gi?/config"]\n',
+    "deep-key": 'run = "true"\n' + "a." * 64 + "b = 1\n",
     "blank-group": 'run = "true"\nconflict_group = ""\n',
     "cwd-file": 'run = "true"\ncwd = "README.md"\n',
     "newline-id": '[[workstream]]\nid = "a\\nb"\nrun = "true"\n',
@@ -803,3 +880,80 @@ def test_a_rejected_source_writes_nothing(tmp_path, kind):
         assert len(lines[0]) < 400 and "Traceback" not in proc.stderr
     assert not (repo / ".agentrun").exists()
     assert all_refs(repo) == before and "agentrun/" not in before
+
+
+# --- the command line's numbers, and secrets written into files ---------------------
+
+@pytest.mark.parametrize("args, expected", [
+    (["run", "w", "--budget", "nan"], "--budget: 'nan' is not a number from 0 to 1,000,000"),
+    (["run", "w", "--budget", "inf"], "--budget: 'inf' is not a number from 0 to 1,000,000"),
+    (["run", "w", "--budget", "1e400"], "--budget: '1e400' is not a number from 0 to 1,000,000"),
+    (["run", "w", "--budget", "2000000"], "--budget: '2000000' is not a number from 0 to 1,000,000"),
+    (["run", "w", "--budget=-1"], "--budget: '-1' is not a number from 0 to 1,000,000"),
+    (["run", "w", "-j", "0"], "--max-workers: '0' is not a whole number from 1 to 1,024"),
+    (["run", "w", "--parallel", "--max-workers", "1025"],
+     "--max-workers: '1025' is not a whole number from 1 to 1,024"),
+    (["plan", "w", "-j", "2.5"], "--max-workers: '2.5' is not a whole number from 1 to 1,024"),
+    (["resume", "20260101-000000-abcd", "-j", "99999999999999999999"],
+     "--max-workers: '99999999999999999999' is not a whole number from 1 to 1,024"),
+])
+def test_numbers_on_the_command_line_out_of_range_are_one_line_and_nothing_runs(tmp_path, args, expected):
+    repo = init_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    ledger = tmp_path / "ledger"
+    (repo / "w" / "ws.toml").write_text(f'run = "echo ran >> {ledger}"\n')
+    proc = agentrun(*args, cwd=repo)
+    assert (proc.returncode, proc.stderr, proc.stdout) == (2, f"error: {expected}\n", "")
+    assert not ledger.exists() and not (repo / ".agentrun").exists()
+
+
+def test_numbers_on_the_command_line_at_their_limits_are_taken(tmp_path):
+    repo = init_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    (repo / "w" / "ws.toml").write_text('run = "true"\n')
+    assert agentrun("plan", "w", "-j", "1024", cwd=repo).returncode == 0
+    proc = agentrun("run", "w", "--budget", "1000000", "--max-workers", "1024", "-q", cwd=repo)
+    assert proc.returncode == 0, proc.stderr
+    db = state(repo)
+    try:
+        assert json.loads(db.latest_run()["options"])["llm"]["budget"]["max_cost_usd"] == 1_000_000
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("title", "rotate {key}"),
+    ("description", "the old key was\n{key}\n"),
+    ("env", {"TOKEN": "{key}"}),
+    ("tags", ["key-{key}"]),
+    ("run", "curl -H 'Authorization: Bearer {key}' https://example.com"),
+])
+def test_a_secret_written_into_a_workstream_file_is_refused_and_never_shown(tmp_path, field, value):
+    key = f"sk-or-v1-{uuid.uuid4().hex}"
+    repo = init_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    before = all_refs(repo)
+    filled = json.loads(json.dumps(value).replace("{key}", key))
+    rest = "" if field == "run" else 'run = "true"\n'
+    (repo / "w" / "ws.toml").write_text(f"{field} = {toml_value(filled)}\n{rest}")
+    for args in (["run", "w"], ["plan", "w"]):
+        proc = agentrun(*args, cwd=repo, env={"OPENROUTER_API_KEY": key})
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.splitlines() == [
+            f"error: w/ws.toml: workstream 'ws': field '{field}': holds the value of OPENROUTER_API_KEY (an API key "
+            "in agentrun's environment), which would be stored in the state DB and commit messages; remove it and "
+            "reference the key by name with secrets = [\"OPENROUTER_API_KEY\"]"]
+        assert key not in proc.stdout + proc.stderr
+    assert not (repo / ".agentrun").exists() and all_refs(repo) == before
+
+
+def test_a_key_referenced_by_name_runs_and_is_stored_nowhere(tmp_path):
+    key = f"sk-or-v1-{uuid.uuid4().hex}"
+    repo = init_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    (repo / "w" / "agentrun.toml").write_text('[models.mine]\nid = "vendor/m"\napi_key_env = "MY_KEY"\n')
+    (repo / "w" / "ws.toml").write_text(f'title = "rotate {key}"\nrun = "true"\n')
+    proc = agentrun("run", "w", cwd=repo, env={"MY_KEY": key})   # a [models.*] entry's variable counts too
+    assert proc.returncode == 2 and "holds the value of MY_KEY" in proc.stderr and key not in proc.stderr
+    (repo / "w" / "ws.toml").write_text('title = "rotate the key"\nrun = ["sh", "-c", "test -n \\"$MY_KEY\\""]\n'
+                                        'secrets = ["MY_KEY"]\n')
+    proc = agentrun("run", "w", "-q", cwd=repo, env={"MY_KEY": key})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    kept = [p for p in (repo / ".agentrun").rglob("*") if p.is_file()]
+    assert kept and not [p for p in kept if key.encode() in p.read_bytes()]

@@ -22,6 +22,7 @@ from agentrun.values import shown
 from conftest import agentrun
 
 LEDGER_COMMAND = 'echo "$AGENTRUN_WS_ID" >> "$LEDGER"'
+SECRET = "sk-or-v1-property-test-0123456789"   # OPENROUTER_API_KEY of the runs through the CLI
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,17 @@ class Deep:
     """A value nested ``levels`` deep, written as text: no writer (nor parser) recursion needed."""
 
     levels: int
+
+
+@dataclass(frozen=True)
+class DottedKey:
+    """A key of ``parts`` dotted parts, written as TOML writes it (JSON has no dotted keys: one long name)."""
+
+    parts: int
+
+    @property
+    def text(self) -> str:
+        return ".".join(["a"] * self.parts)
 
 
 @dataclass
@@ -111,8 +123,8 @@ BROKEN: dict[str, list[Any]] = {
             {f"V{i}": "v" * 30_000 for i in range(9)}],
     "cwd": ["../x", "/abs", ".git", "a\0", 5, "sub/.git/hooks"],
     "secrets": ["OPENAI_API_KEY", ["not a name"], [1], ["A\0"], ["\ud800"]],
-    "files": [[".git/config"], ["/etc"], "src", [1], ["../up"]],
-    "copy_untracked": [["*"], ["**/*"], [".git"], [".*"], ["./*"], ["a**"]],
+    "files": [[".git/config"], ["/etc"], "src", [1], ["../up"], [".gi?/config"], ["[.]git/config"], ["**/.gi?"]],
+    "copy_untracked": [["*"], ["**/*"], [".git"], [".*"], ["./*"], ["a**"], ["**/?*"], ["*/**"], ["**/.gi?"]],
     "setup": [[42], [""], ["\0"], 7],
     "gates": [[42], [""], ["x" * 65_537], {"cmd": "x"}],
     "run": ["", [], 42, "echo \0", "x" * 65_537, {"cmd": "x"}, {"run": {"run": "true"}}, ["echo", "\ud800"]],
@@ -163,14 +175,15 @@ def sources(draw, runnable: bool = False) -> Generated:
     gen = Generated(workstreams, config, draw(st.sampled_from(["one-per-file", "list"])),
                     draw(st.sampled_from(["toml", "json"])))
     for _ in range(draw(st.integers(0, 2))):
-        _break(draw, gen)
+        _break(draw, gen, runnable)
     return gen
 
 
-def _break(draw, gen: Generated) -> None:
+def _break(draw, gen: Generated, through_cli: bool) -> None:
     commands = [ws for ws in gen.workstreams if "agent" not in ws]
     agents = [ws for ws in gen.workstreams if "agent" in ws]
-    kinds = ["field", "field", "field", "id", "unknown", "unknown-dep", "self-dep", "deep", "config"]
+    kinds = ["field", "field", "field", "id", "unknown", "unknown-dep", "self-dep", "deep", "deep-key", "config"]
+    kinds += ["secret"] if through_cli else []   # found by `run` (it reads the environment), not by load_source
     kinds += ["agent-only"] if commands else []
     kinds += ["unknown-model"] if agents else []
     kinds += ["cycle", "duplicate"] if len(gen.workstreams) > 1 else []
@@ -178,7 +191,8 @@ def _break(draw, gen: Generated) -> None:
     ws = draw(st.sampled_from(gen.workstreams))
     gen.broken = True
     if kind == "field":
-        pool = [f for f in BROKEN if f not in AGENT_ONLY or "agent" in ws]
+        # Not over a deep value: the problem it stands for would be gone.
+        pool = [f for f in BROKEN if (f not in AGENT_ONLY or "agent" in ws) and not isinstance(ws.get(f), Deep)]
         name = draw(st.sampled_from(pool))
         ws[name] = draw(st.sampled_from(BROKEN[name]))
         gen.named.append(name)
@@ -209,8 +223,19 @@ def _break(draw, gen: Generated) -> None:
         gen.named.append("id")
     elif kind == "deep":
         ws["tags"] = Deep(draw(st.sampled_from([3_000, 100_000])))
-        gen.texts.append("nested too deeply")
+        if not any(isinstance(key, DottedKey) for other in gen.workstreams for key in other):
+            gen.texts.append("nested too deeply")
         gen.unreadable = True
+    elif kind == "deep-key":
+        ws[DottedKey(draw(st.sampled_from([65, 200_000])))] = 1
+        gen.unreadable = True   # in TOML; in JSON, an unknown field
+        # A file that cannot be read has one problem: the deep key, or a deep value read after it.
+        gen.texts = [text for text in gen.texts if text != "nested too deeply"]
+    elif kind == "secret":
+        # Refused once the rest is valid: the problem is not named if another one hides it.
+        name = draw(st.sampled_from(["title", "description", "tags", "env"]))
+        ws[name] = {"title": f"rotate {SECRET}", "description": f"key:\n{SECRET}\n", "tags": [SECRET],
+                    "env": {"OLD_KEY": SECRET}}[name]
     else:
         section, key, value = draw(st.sampled_from(CONFIG_BROKEN))
         gen.config.setdefault(section, {})
@@ -260,8 +285,12 @@ def toml_value(value: Any) -> str:
     raise Unrepresentable(value)
 
 
+def toml_key(key: str | DottedKey) -> str:
+    return key.text if isinstance(key, DottedKey) else toml_string(key)
+
+
 def toml_table(values: dict[str, Any]) -> str:
-    return "".join(f"{toml_string(k)} = {toml_value(v)}\n" for k, v in values.items())
+    return "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in values.items())
 
 
 def json_value(value: Any) -> str:
@@ -270,7 +299,7 @@ def json_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(json_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)}: {json_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{json.dumps(getattr(k, 'text', k))}: {json_value(v)}" for k, v in value.items()) + "}"
     return json.dumps(value)
 
 
@@ -339,8 +368,9 @@ def test_through_the_cli_a_source_runs_or_is_refused_with_nothing_written(gen):
         ledger = base / "ledger"
         ledger.touch()
         proc = agentrun("run", project / "w", "--parallel", "--max-workers", "2", "-q", cwd=project,
-                        env={"LEDGER": str(ledger)}, timeout=60)
+                        env={"LEDGER": str(ledger), "OPENROUTER_API_KEY": SECRET}, timeout=60)
         assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert SECRET not in proc.stdout + proc.stderr
         if proc.returncode == 2:
             assert gen.broken, proc.stderr[:3000]
             lines = proc.stderr.splitlines()
