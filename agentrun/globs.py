@@ -30,9 +30,15 @@ import warnings
 from functools import lru_cache
 from typing import Iterable, NamedTuple
 
-from pathspec.util import lookup_pattern
 
-_GITIGNORE = lookup_pattern("gitignore")
+
+
+@lru_cache(maxsize=None)
+def _gitignore():
+    """pathspec's gitignore patterns, loaded on first use: runs whose `files` hold no glob never
+    pay for importing it."""
+    from pathspec.util import lookup_pattern
+    return lookup_pattern("gitignore")
 _SPECIAL = re.compile(r"[*?\[\\]")     # a backslash escapes the next character, so it makes a glob too
 _COMPILE_ABOVE = 100    # candidates from which compiling a whole glob beats walking its segments
 _ANY = "**"
@@ -138,12 +144,12 @@ def _translatable(segment: str) -> str:
         try:
             _segment_regex(segment)
         except (ValueError, re.error):
-            return _GITIGNORE.escape(segment)
+            return _gitignore().escape(segment)
     return segment
 
 
 def _compile(text: str, directory: bool) -> re.Pattern:
-    regex = _GITIGNORE.pattern_to_regex("/" + text + ("/" if directory else ""))[0]
+    regex = _gitignore().pattern_to_regex("/" + text + ("/" if directory else ""))[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)   # re's notice about "[[" in a bracket expression
         # gitignore lets any pattern name a directory too; a glob naming files must match the whole path.
