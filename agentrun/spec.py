@@ -852,14 +852,28 @@ def project_problems(workstreams: list[Workstream], root: Path) -> list[str]:
 
 
 def workstreams_from_snapshots(snapshots: list[dict[str, Any]], source: str) -> dict[str, Workstream]:
-    """Rebuild workstreams from the JSON snapshots a run recorded (already validated then)."""
-    problems: list[str] = []
+    """Rebuild workstreams from the JSON snapshots a run recorded. They were validated when the
+    run started and are taken as they are (a resume of 10,000 workstreams starts sooner, and a
+    limit tightened since then does not strand a run that was valid when it began)."""
     out: dict[str, Workstream] = {}
     for snap in snapshots:
-        raw = {k: v for k, v in snap.items() if v is not None and k in FIELDS}
-        values = _check_fields(raw, f"state DB snapshot of '{snap.get('id')}'", problems, FIELDS)
+        values = {k: _restored(k, v) for k, v in snap.items() if v is not None and k in FIELDS}
         if values.get("id") and ("run" in values or "agent" in values):
             out[values["id"]] = Workstream(source=source, **values)
-    if problems:
-        raise SpecError(problems)
     return out
+
+
+def _restored(name: str, value: Any) -> Any:
+    """A field's value from its JSON form (``Workstream.to_json``)."""
+    if name == "run":
+        return _restored_command(value)
+    if FIELDS[name] is _commands:
+        return tuple(map(_restored_command, value))
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _restored_command(value: Any) -> Command:
+    if isinstance(value, dict):
+        inner = _restored_command(value["run"])
+        return Command(argv=inner.argv, shell=inner.shell, name=value.get("name", ""))
+    return Command(argv=tuple(value)) if isinstance(value, list) else Command(shell=value)
