@@ -376,12 +376,16 @@ _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 def _snapshot_fields() -> tuple[list[tuple[str, Any, str]], Callable[[Any], tuple]]:
     """('"name":', default, the default's JSON text) for each field in key order, and a getter
     of a workstream's values in that order."""
-    defaults = {f.name: f.default if f.default is not MISSING else
-                (f.default_factory() if f.default_factory is not MISSING else None)
-                for f in dataclass_fields(Workstream)}
+    defaults = _field_defaults()
     names = sorted(FIELDS)
     return ([(_canonical(name) + ":", defaults[name], _canonical(_jsonable(defaults[name]))) for name in names],
             operator.attrgetter(*names))
+
+
+def _field_defaults() -> dict[str, Any]:
+    return {f.name: f.default if f.default is not MISSING else
+            (f.default_factory() if f.default_factory is not MISSING else None)
+            for f in dataclass_fields(Workstream)}
 
 
 @dataclass(frozen=True)
@@ -855,12 +859,20 @@ def workstreams_from_snapshots(snapshots: list[dict[str, Any]], source: str) -> 
     """Rebuild workstreams from the JSON snapshots a run recorded. They were validated when the
     run started and are taken as they are (a resume of 10,000 workstreams starts sooner, and a
     limit tightened since then does not strand a run that was valid when it began)."""
+    defaults = _json_defaults()
     out: dict[str, Workstream] = {}
     for snap in snapshots:
-        values = {k: _restored(k, v) for k, v in snap.items() if v is not None and k in FIELDS}
+        # Most fields of most workstreams hold their default: those are left to the dataclass.
+        values = {k: _restored(k, v) for k, v in snap.items()
+                  if v is not None and k in FIELDS and v != defaults[k]}
         if values.get("id") and ("run" in values or "agent" in values):
             out[values["id"]] = Workstream(source=source, **values)
     return out
+
+
+@functools.cache
+def _json_defaults() -> dict[str, Any]:
+    return {name: _jsonable(default) for name, default in _field_defaults().items() if name in FIELDS}
 
 
 def _restored(name: str, value: Any) -> Any:

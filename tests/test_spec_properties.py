@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentrun.errors import SpecError
-from agentrun.spec import load_source
+from agentrun.spec import load_source, workstreams_from_snapshots
 from agentrun.values import shown
 from conftest import agentrun
 
@@ -355,6 +355,9 @@ def test_a_source_loads_or_every_problem_is_one_line_naming_file_and_field(gen):
         else:
             assert not gen.broken, "a broken source was accepted"
             assert sorted(w.id for w in source.workstreams) == sorted(ws["id"] for ws in gen.workstreams)
+            # what a resume rebuilds from the state DB is the workstream that was recorded
+            restored = workstreams_from_snapshots([json.loads(w.snapshot()[0]) for w in source.workstreams], "")
+            assert [restored[w.id].snapshot() for w in source.workstreams] == [w.snapshot() for w in source.workstreams]
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
