@@ -30,7 +30,7 @@ def _standard_streams() -> None:
 
 def main() -> None:
     _standard_streams()
-    from .cli import main as cli_main
+    from agentrun.cli.main import main as cli_main
     signal.signal(signal.SIGINT, signal.default_int_handler)
     cli_main()
 

@@ -17,7 +17,7 @@ workstreams, each ``agent = "llm"`` on its own file with a one-line gate
 
   limiter on    agentrun as shipped: the per-provider cap shared by every
                 worker (starts at --max-workers, halves on a 429, +1 on success)
-  limiter off   AGENTRUN_LLM_LIMITER=off (read by agentrun.attempt.llm_concurrency):
+  limiter off   AGENTRUN_LLM_LIMITER=off (read by agentrun.run.attempt.llm_concurrency):
                 every worker calls as soon as it has a prompt
 
 Per profile and scenario (``--repeat`` runs each, interleaved): workstreams
@@ -70,7 +70,7 @@ def limiter_switch() -> bool:
         sys.path.insert(0, str(REPO))
         import inspect
 
-        from agentrun import attempt
+        from agentrun.run import attempt
         fn = getattr(attempt, "llm_concurrency", None)
         return fn is not None and LIMITER_ENV in inspect.getsource(fn)
     except Exception:
@@ -304,7 +304,7 @@ def main() -> int:
                 print(f"  {r.profile} {r.scenario}: failed with: {e}")
     if not switch:
         print(f"note: this agentrun has no way to lift the shared limiter ({LIMITER_ENV}=off read in "
-              "agentrun.attempt.llm_concurrency); only the limiter-on scenario ran")
+              "agentrun.run.attempt.llm_concurrency); only the limiter-on scenario ran")
     print(f"total benchmark time {total:.0f}s")
     on_failed = sum(r.failed + r.other for r in results if r.scenario == "limiter on")
     if on_failed:

@@ -51,9 +51,9 @@ def critical_path_ms(graph, dur_ms) -> int:
 def simulated(src: Path, dur_ms) -> dict[str, float] | None:
     """agentrun's scheduler on exact durations, zero overhead; None if agentrun is not importable."""
     try:
-        from agentrun.planner import build_plan
-        from agentrun.scheduler import simulate
-        from agentrun.spec import load_source
+        from agentrun.plan.planner import build_plan
+        from agentrun.plan.scheduler import simulate
+        from agentrun.spec.workstreams import load_source
     except ImportError:
         return None
     plan = build_plan(load_source(src).workstreams)

@@ -890,8 +890,8 @@ def test_a_reply_that_echoes_the_key_is_redacted_before_its_edits_apply_and_in_t
 
 def test_gate_output_is_read_from_its_tail_only(tmp_path):
     import tracemalloc
-    from agentrun.agent import GATE_OUTPUT_CHARS, read_new_output
-    from agentrun.redaction import Secrets
+    from agentrun.agents.llm.agent import GATE_OUTPUT_CHARS, read_new_output
+    from agentrun.store.redaction import Secrets
     path = tmp_path / "log"
     with open(path, "wb") as fh:
         fh.write(b"before the gates\n")

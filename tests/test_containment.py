@@ -26,7 +26,7 @@ ESCAPES = {
 
 
 def _cgroup_writable() -> bool:
-    from agentrun import containment
+    from agentrun.run import containment
     path = containment.create_run_cgroup("probe-" + str(os.getpid()))
     if path is None:
         return False

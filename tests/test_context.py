@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentrun.context import (
+from agentrun.agents.llm.context import (
     HEAD_LINES,
     Calibration,
     ContextTooSmall,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentrun.durations import MAX_DURATION, format_duration, parse_duration
+from agentrun.spec.durations import MAX_DURATION, format_duration, parse_duration
 
 
 @pytest.mark.parametrize("text, seconds", [

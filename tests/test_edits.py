@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentrun.edits import (
+from agentrun.agents.llm.edits import (
     ApplyResult,
     Edit,
     EditFailed,

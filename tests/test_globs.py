@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from agentrun.globs import matched_files, matcher, parse, patterns_overlap
+from agentrun.spec.globs import matched_files, matcher, parse, patterns_overlap
 from conftest import agentrun, write_ws
 from gitutil import DB, init_repo, show
 

@@ -13,10 +13,10 @@ import traceback
 
 import pytest
 
-from agentrun import llm_client
-from agentrun.llm_client import (ChatRequest, ChatResponse, LLMError, ModelInfo, complete, list_models,
+from agentrun.agents.llm import client as llm_client
+from agentrun.agents.llm.client import (ChatRequest, ChatResponse, LLMError, ModelInfo, complete, list_models,
                                  parse_reset, parse_retry_after, probe)
-from agentrun.llm_policy import (DEFAULT_COOLDOWN, Drop, Exhausted, Fatal, Retry, Rotate, Shrink,
+from agentrun.plan.llm_retry import (DEFAULT_COOLDOWN, Drop, Exhausted, Fatal, Retry, Rotate, Shrink,
                                  backoff_full_jitter, decide)
 from fake_llm import (Burst5xx, ContextLength, DailyQuota, Disconnect, ErrorIn200, FakeLLM, Hang, NotFound,
                       RateLimit, Reply, Slow, Status, Trickle, fake_llm)  # noqa: F401 (fixture)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from agentrun import procs, redaction
-from agentrun.attempt import (HOLE_ALIGN_BYTES, LOG_CHECK_MIN_SECONDS, LOG_CHECK_SECONDS, LOG_HEAD_BYTES,
+from agentrun.proc import process as procs
+from agentrun.store import redaction
+from agentrun.run.attempt import (HOLE_ALIGN_BYTES, LOG_CHECK_MIN_SECONDS, LOG_CHECK_SECONDS, LOG_HEAD_BYTES,
                               LOG_SLACK_BYTES, LOG_TAIL_BYTES, RunningLog, copy_log)
 from conftest import state, wait_for, write_ws
 
@@ -202,8 +203,8 @@ def test_a_log_that_cannot_be_punched_now_is_left_as_it_is_and_tried_again_later
 # A RunningLog on a file of ramfs (which has no holes), in a mount namespace of its own.
 ON_RAMFS = """
 import json, os, sys
-from agentrun.attempt import RunningLog, copy_log
-from agentrun.redaction import Secrets
+from agentrun.run.attempt import RunningLog, copy_log
+from agentrun.store.redaction import Secrets
 mount, reference = sys.argv[1:]
 data = open(reference, "rb").read()
 fd = os.open(os.path.join(mount, "spool"), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)

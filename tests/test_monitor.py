@@ -29,10 +29,10 @@ from conftest import agentrun, events, pid_alive, state, wait_for, write_ws
 # --- helpers -------------------------------------------------------------------------
 def monitor_argv(*args) -> list[str]:
     """``agentrun monitor ...``, or the command module directly until cli.py registers it."""
-    from agentrun.cli import cli
+    from agentrun.cli.main import cli
     if "monitor" in cli.commands:
         return [sys.executable, "-m", "agentrun", "monitor", *map(str, args)]
-    return [sys.executable, "-c", "from agentrun.cli_monitor import monitor; monitor(prog_name='agentrun monitor')",
+    return [sys.executable, "-c", "from agentrun.cli.monitor import monitor; monitor(prog_name='agentrun monitor')",
             *map(str, args)]
 
 
@@ -464,7 +464,7 @@ def test_web_on_every_interface_still_refuses_foreign_names(project):
     ("::", ["evil.example.com"], "2001:db8::2", False),
 ])
 def test_host_policy(listen, hosts, client, allowed):
-    from agentrun.web import HostPolicy
+    from agentrun.views.web import HostPolicy
     assert HostPolicy.for_listen(listen).allows(hosts, client) is allowed
 
 
@@ -580,7 +580,7 @@ def test_following_a_busy_run_costs_little_cpu(project):
 
 # --- pure parts ------------------------------------------------------------------------------
 def test_panel_fits_any_terminal_and_escapes_recorded_text():
-    from agentrun.monitor import RunView, fit, render_panel
+    from agentrun.views.monitor import RunView, fit, render_panel
 
     now = time.time()
     run = {"id": "r1", "status": "running", "created_at": now - 30, "finished_at": None, "max_workers": 2,
@@ -602,9 +602,9 @@ def test_panel_fits_any_terminal_and_escapes_recorded_text():
 
 
 def test_orchestrator_is_gone_only_when_dead_and_silent():
-    from agentrun import monitor
-    from agentrun.monitor import orchestrator_state
-    from agentrun.runner import RUN_HEARTBEAT_SECONDS
+    from agentrun.views import monitor
+    from agentrun.views.monitor import orchestrator_state
+    from agentrun.run.orchestrator import RUN_HEARTBEAT_SECONDS
 
     assert monitor.HEARTBEAT_SECONDS == RUN_HEARTBEAT_SECONDS
     now = time.time()
@@ -620,5 +620,5 @@ def test_orchestrator_is_gone_only_when_dead_and_silent():
 
 @pytest.mark.parametrize("value, escaped", [('a"b', 'a\\"b'), ("a\\b", "a\\\\b"), ("a\nb", "a\\nb")])
 def test_metric_label_values_are_escaped(value, escaped):
-    from agentrun.web import _label
+    from agentrun.views.web import _label
     assert _label(value) == escaped

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from agentrun.crashpoints import POINTS
-from agentrun.durations import parse_duration
-from agentrun.recovery import run_processes
+from agentrun.store.crashpoints import POINTS
+from agentrun.spec.durations import parse_duration
+from agentrun.run.recovery import run_processes
 from conftest import agentrun, events, pid_alive, start_tiny_run, state, statuses, wait_for, write_ws
 
 
@@ -144,7 +144,7 @@ def test_orphaned_workers_stop_on_their_own_and_resume_finishes_reserved_work(pr
     # the orchestrator orphans the workers mid-batch; each finishes at most the command it is
     # running, hands its reservations back and exits. Resume then does everything exactly once
     # in the DB; what ran without being recorded (at most a batch per worker) runs again.
-    from agentrun.scheduler import RESERVE_MAX
+    from agentrun.plan.scheduler import RESERVE_MAX
     proc, ledger, ids, workers = start_tiny_run(project)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

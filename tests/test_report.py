@@ -18,12 +18,12 @@ import pytest
 
 from conftest import agentrun, state, wait_for, write_ws
 
-from agentrun import report as core
-from agentrun.cli import cli
+from agentrun.views import report as core
+from agentrun.cli.main import cli
 
 # Until `report` is registered in cli.py, run the group on its own.
 WIRED = "report" in cli.commands
-BOOT = "import sys; from agentrun.cli_report import report; sys.argv[0] = 'agentrun report'; report()"
+BOOT = "import sys; from agentrun.cli.report import report; sys.argv[0] = 'agentrun report'; report()"
 FAIL_TEXT = 'b is failing: <&> "quoted"'
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import agentrun, state, write_ws
 
-from agentrun import report_models as core
+from agentrun.views import report_models as core
 
 COLUMNS = ("run_id", "ws_id", "attempt", "model", "model_id", "provider", "status", "prompt_tokens",
            "completion_tokens", "cost_usd", "started_at", "latency_s")

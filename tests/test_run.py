@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agentrun.durations import parse_duration
-from agentrun.layout import new_run_id
+from agentrun.spec.durations import parse_duration
+from agentrun.store.layout import new_run_id
 from conftest import agentrun, events, pid_alive, start_tiny_run, state, statuses, wait_for, write_ws
 
 
@@ -371,7 +371,7 @@ def test_a_worker_killed_among_reserved_work_charges_no_other_workstream(project
 
 
 def test_events_log_torn_tail_is_repaired_by_next_writer(tmp_path):
-    from agentrun.events import EventLog, read_events
+    from agentrun.store.events import EventLog, read_events
     path = tmp_path / "events.jsonl"
     log = EventLog(path, "r1")
     log.emit("run_started")
@@ -389,7 +389,7 @@ def test_events_log_torn_tail_is_repaired_by_next_writer(tmp_path):
 def test_event_writers_taking_turns_continue_each_others_sequence(tmp_path):
     # Each writer learns the last number from the file's tail, also when the last record is
     # longer than the tail it reads first.
-    from agentrun.events import TAIL_BYTES, EventLog
+    from agentrun.store.events import TAIL_BYTES, EventLog
     path = tmp_path / "events.jsonl"
     writers = [EventLog(path, "r1"), EventLog(path, "r1")]
     for i in range(6):

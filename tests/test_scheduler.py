@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentrun import policy
-from agentrun.planner import build_plan
-from agentrun.scheduler import (EAGER, RESERVE_MAX, SHORT_ATTEMPT_SECONDS, WAVES, Scheduler, lookahead, simulate,
+from agentrun.plan import retry as policy
+from agentrun.plan.planner import build_plan
+from agentrun.plan.scheduler import (EAGER, RESERVE_MAX, SHORT_ATTEMPT_SECONDS, WAVES, Scheduler, lookahead, simulate,
                                 to_release, to_reserve)
-from agentrun.spec import PRIORITIES, Command, Workstream
+from agentrun.spec.workstreams import PRIORITIES, Command, Workstream
 
 
 def ws(ws_id: str, *deps: str, estimate: float | None = 1.0, **kw) -> Workstream:

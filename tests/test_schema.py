@@ -8,8 +8,8 @@ import time
 import pytest
 
 from agentrun.errors import StateError
-from agentrun.schema import MIGRATIONS, SCHEMA_VERSION
-from agentrun.state import StateStore
+from agentrun.store.schema import MIGRATIONS, SCHEMA_VERSION
+from agentrun.store.state import StateStore
 
 
 def make_db_at(path, version: int) -> None:

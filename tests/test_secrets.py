@@ -22,14 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from agentrun import redaction
-from agentrun.attempt import LOG_HEAD_BYTES, LOG_TAIL_BYTES, Job, RunContext, decide_outcome
-from agentrun.events import EventLog, read_events
-from agentrun.executors import ExecResult
-from agentrun.layout import Layout
-from agentrun.models import Model
-from agentrun.spec import Command, LLMSettings, Workstream
-from agentrun.state import StateStore
+from agentrun.store import redaction
+from agentrun.run.attempt import LOG_HEAD_BYTES, LOG_TAIL_BYTES, Job, RunContext, decide_outcome
+from agentrun.store.events import EventLog, read_events
+from agentrun.proc.command import ExecResult
+from agentrun.store.layout import Layout
+from agentrun.spec.models import Model
+from agentrun.spec.workstreams import Command, LLMSettings, Workstream
+from agentrun.store.state import StateStore
 from conftest import agentrun, state, toml_value, wait_for, write_ws
 from fake_llm import FakeLLM, Reply
 from gitutil import git, init_repo, show

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentrun.errors import SpecError
-from agentrun.spec import load_source, workstreams_from_snapshots
-from agentrun.values import shown
+from agentrun.spec.workstreams import load_source, workstreams_from_snapshots
+from agentrun.spec.values import shown
 from conftest import agentrun
 
 LEDGER_COMMAND = 'echo "$AGENTRUN_WS_ID" >> "$LEDGER"'

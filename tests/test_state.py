@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agentrun.state import Finish, StateStore, return_unstarted
+from agentrun.store.state import Finish, StateStore, return_unstarted
 
 RUN = "r1"
 

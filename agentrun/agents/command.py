@@ -1,0 +1,14 @@
+"""The command executor: ``run = "..."``, a shell string or an argv list."""
+
+from __future__ import annotations
+
+from agentrun.proc.command import AttemptContext, ExecResult, run_command
+from agentrun.spec.workstreams import Workstream
+
+
+class CommandExecutor:
+    """``run = "..."``: a shell string or an argv list."""
+
+    def execute(self, ws: Workstream, ctx: AttemptContext) -> ExecResult:
+        return run_command(ws.run, ctx, timeout=ctx.timeout)
+
