@@ -18,7 +18,8 @@ import pytest
 
 from conftest import agentrun, state, wait_for, write_ws
 
-from agentrun.views import report as core
+from agentrun.views import report_data
+from agentrun.views.report import CSV_COLUMNS
 from agentrun.cli.main import cli
 
 # Until `report` is registered in cli.py, run the group on its own.
@@ -172,7 +173,7 @@ def test_export_json_fields_are_present_documented_and_match_the_db(finished, tm
     assert data["schema"] == "agentrun.report/1"
     assert {"run", "workstreams", "attempts"} <= set(data)
 
-    documented = set(re.findall(r"[a-z_]+", core.FIELDS_DOC))
+    documented = set(re.findall(r"[a-z_]+", report_data.FIELDS_DOC))
     for obj in [data, data["run"], *data["workstreams"], *data["attempts"]]:
         assert set(obj) <= documented, set(obj) - documented
 
@@ -202,7 +203,7 @@ def test_export_csv_has_fixed_columns_and_parses_back(finished, tmp_path):
     proc = report_cmd("export", run_id, "--format", "csv", cwd=project)
     assert proc.returncode == 0, proc.stderr
     reader = csv.DictReader(io.StringIO(proc.stdout))
-    assert tuple(reader.fieldnames) == core.CSV_COLUMNS == (
+    assert tuple(reader.fieldnames) == CSV_COLUMNS == (
         "run_id", "ws_id", "status", "attempts", "wave", "started_at", "finished_at", "duration_s", "exit_code",
         "error", "integrated_commit", "integration_seq")
     rows = {r["ws_id"]: r for r in reader}
@@ -578,9 +579,10 @@ def test_reports_do_not_modify_the_state_db(finished, tmp_path):
 
 def test_critical_path_is_the_heaviest_chain_and_deterministic():
     deps = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"], "x": []}
-    assert core.critical_path(deps, {"a": 1, "b": 5, "c": 2, "d": 1, "x": 6.5}) == (["a", "b", "d"], 7)
-    assert core.critical_path(deps, {"a": 1, "b": 2, "c": 2, "d": 1, "x": 1}) == (["a", "b", "d"], 4)  # tie: b < c
-    assert core.critical_path(deps, {"a": 1, "b": 1, "c": 1, "d": 1, "x": 9}) == (["x"], 9)
+    assert report_data.critical_path(deps, {"a": 1, "b": 5, "c": 2, "d": 1, "x": 6.5}) == (["a", "b", "d"], 7)
+    # A tie goes to the smaller id: b before c.
+    assert report_data.critical_path(deps, {"a": 1, "b": 2, "c": 2, "d": 1, "x": 1}) == (["a", "b", "d"], 4)
+    assert report_data.critical_path(deps, {"a": 1, "b": 1, "c": 1, "d": 1, "x": 9}) == (["x"], 9)
     # Workstreams never attempted (no weight) are left out; their dependencies still count.
-    assert core.critical_path(deps, {"a": 1, "c": 3}) == (["a", "c"], 4)
-    assert core.critical_path({}, {}) == ([], 0.0)
+    assert report_data.critical_path(deps, {"a": 1, "c": 3}) == (["a", "c"], 4)
+    assert report_data.critical_path({}, {}) == ([], 0.0)

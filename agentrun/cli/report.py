@@ -1,7 +1,7 @@
 """``agentrun report``: show, export, compare and HTML reports of runs.
 
-Thin commands over ``report`` and ``report_html``. The state DB is opened
-read-only: a report never changes a run. Registered in ``cli`` with
+Thin commands over ``report_data``, ``report``, ``report_compare`` and
+``report_html``. The state DB is opened read-only: a report never changes a run. Registered in ``cli`` with
 ``cli.add_command(report)``.
 """
 
@@ -14,11 +14,13 @@ from pathlib import Path
 
 import click
 
-from agentrun.views import report as core
 from agentrun.views import report_models
 from agentrun.cli.common import handle_errors, state_dir_option
 from agentrun.errors import UsageError
 from agentrun.store.layout import layout_for, project_root
+from agentrun.views.report import render_text, to_csv, to_json
+from agentrun.views.report_compare import compare_reports, render_compare
+from agentrun.views.report_data import load_report
 from agentrun.views.report_html import render_html
 from agentrun.views.status import open_readonly
 
@@ -31,7 +33,7 @@ def _store(state_dir: str | None):
 def _reports(state_dir: str | None, *run_ids: str | None) -> list[dict]:
     store = _store(state_dir)
     try:
-        return [core.load_report(store, run_id) for run_id in run_ids]
+        return [load_report(store, run_id) for run_id in run_ids]
     finally:
         store.close()
 
@@ -77,7 +79,7 @@ def show(run_id, state_dir) -> None:
     """Summary of RUN_ID (default: the latest run): wall time, work, efficiency, the actual
     critical path, a row per workstream, failures with the end of their logs, conflicts, gates."""
     (rep,) = _reports(state_dir, run_id)
-    click.echo(core.render_text(rep))
+    click.echo(render_text(rep))
 
 
 @report.command("export", short_help="A run as JSON or CSV.")
@@ -90,7 +92,7 @@ def export(run_id, fmt, output, state_dir) -> None:
     """RUN_ID as JSON (schema agentrun.report/1: run, workstreams, attempts, gates) or CSV (a row per
     workstream). The fields are documented in the README."""
     (rep,) = _reports(state_dir, run_id)
-    _write(core.to_json(rep) if fmt == "json" else core.to_csv(rep), output, state_dir)
+    _write(to_json(rep) if fmt == "json" else to_csv(rep), output, state_dir)
 
 
 @report.command("compare", short_help="Differences between two runs.")
@@ -102,8 +104,8 @@ def export(run_id, fmt, output, state_dir) -> None:
 def compare(run_a, run_b, fmt, state_dir) -> None:
     """Differences from RUN_A to RUN_B: totals and per workstream duration, status, attempts, cost."""
     a, b = _reports(state_dir, run_a, run_b)
-    cmp = core.compare_reports(a, b)
-    click.echo(json.dumps(cmp, indent=2) if fmt == "json" else core.render_compare(cmp))
+    cmp = compare_reports(a, b)
+    click.echo(json.dumps(cmp, indent=2) if fmt == "json" else render_compare(cmp))
 
 
 @report.command("html", short_help="A run as one self-contained HTML page.")

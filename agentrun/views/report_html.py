@@ -1,6 +1,6 @@
 """A run report as one self-contained HTML page: inline CSS and SVG, no scripts, no external assets.
 
-``render_html`` takes the dict of ``report.build_report`` and returns the
+``render_html`` takes the dict of ``report_data.build_report`` and returns the
 page: a Gantt timeline of attempts by worker lane, the dependency graph by
 wave with the actual critical path highlighted, and the tables of
 ``agentrun report show``. Every piece of text from the run is escaped.
@@ -13,7 +13,8 @@ from html import escape
 from typing import Any
 
 from agentrun.spec.durations import format_duration
-from agentrun.views.report import FAILURE_STATUSES, fmt_cost, fmt_int, fmt_path, fmt_pct, fmt_time, gate_summary
+from agentrun.views.report import fmt_cost, fmt_int, fmt_path, fmt_pct, fmt_time, gate_summary
+from agentrun.views.report_data import FAILURE_STATUSES
 
 # Attempt outcomes (bars) and workstream statuses (graph nodes).
 BAR_COLORS = {"done": "#2e9e4f", "failed": "#d64541", "timeout": "#ef8a17", "cancelled": "#9aa0a6",

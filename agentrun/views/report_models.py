@@ -1,6 +1,6 @@
 """``agentrun report models``: how each model, and each kind of workstream, fared in a run.
 
-Same layers as ``report``:
+Same layers as ``report_data``:
 
 * ``collect_models`` reads the run, its workstreams, its rows of the
   ``llm_calls`` ledger (one per call attempt) and the ``llm_fallback`` events
