@@ -13,11 +13,12 @@ import traceback
 
 import pytest
 
-from agentrun.agents.llm import client as llm_client
-from agentrun.agents.llm.client import (ChatRequest, ChatResponse, LLMError, ModelInfo, complete, list_models,
-                                 parse_reset, parse_retry_after, probe)
-from agentrun.plan.llm_retry import (DEFAULT_COOLDOWN, Drop, Exhausted, Fatal, Retry, Rotate, Shrink,
-                                 backoff_full_jitter, decide)
+from agentrun.agents.llm import protocol
+from agentrun.agents.llm.client import complete, list_models, probe
+from agentrun.agents.llm.failures import parse_reset, parse_retry_after, redact
+from agentrun.agents.llm.protocol import ChatRequest, ChatResponse, ModelInfo
+from agentrun.plan.llm_retry import (DEFAULT_COOLDOWN, Drop, Exhausted, Fatal, LLMError, Retry, Rotate, Shrink,
+                                     backoff_full_jitter, decide)
 from fake_llm import (Burst5xx, ContextLength, DailyQuota, Disconnect, ErrorIn200, FakeLLM, Hang, NotFound,
                       RateLimit, Reply, Slow, Status, Trickle, fake_llm)  # noqa: F401 (fixture)
 
@@ -89,9 +90,9 @@ def test_usage_include_only_for_openrouter_unless_asked(fake_llm):
     plain, asked = fake_llm.chat_requests
     assert "usage" not in plain.json
     assert asked.json["usage"] == {"include": True}
-    assert llm_client._is_openrouter("https://openrouter.ai/api/v1")
-    assert not llm_client._is_openrouter("https://api.openai.com/v1")
-    assert not llm_client._is_openrouter("http://127.0.0.1:8080/v1")
+    assert protocol._is_openrouter("https://openrouter.ai/api/v1")
+    assert not protocol._is_openrouter("https://api.openai.com/v1")
+    assert not protocol._is_openrouter("http://127.0.0.1:8080/v1")
 
 
 def test_cost_and_cached_tokens(fake_llm):
@@ -446,8 +447,8 @@ def test_key_echoed_in_redirect_location_is_redacted(fake_llm):
 
 
 def test_redact_handles_bearer_tokens_of_other_keys():
-    assert llm_client.redact("Authorization: Bearer abc.def-123", None) == "Authorization: Bearer [REDACTED]"
-    assert llm_client.redact(f"k={KEY}", KEY) == "k=[REDACTED]"
+    assert redact("Authorization: Bearer abc.def-123", None) == "Authorization: Bearer [REDACTED]"
+    assert redact(f"k={KEY}", KEY) == "k=[REDACTED]"
 
 
 def test_error_pickles_with_all_fields():

@@ -21,8 +21,9 @@ from typing import Callable
 from agentrun.plan import budget
 from agentrun.agents.llm import client as llm_client
 from agentrun.plan import llm_retry as llm_policy
+from agentrun.plan.llm_retry import LLMError
 from agentrun.store.events import EventLog
-from agentrun.agents.llm.client import ChatRequest, ChatResponse, LLMError
+from agentrun.agents.llm.protocol import ChatRequest, ChatResponse
 from agentrun.agents.llm.shared import SharedLLMState, Slot, cache_key
 from agentrun.spec.models import Model
 from agentrun.store.redaction import NO_SECRETS, Secrets
@@ -204,7 +205,7 @@ class ModelCaller:
                 outcome = "ok"
             except LLMError as exc:
                 error = exc
-                if exc.kind == llm_client.RATE_LIMIT:
+                if exc.kind == llm_policy.RATE_LIMIT:
                     outcome = "rate_limited"
             finally:
                 self.shared.release(slot.id, provider_of(model), outcome)
@@ -217,7 +218,7 @@ class ModelCaller:
                 self.cache_keys.append(key)
                 return Reply(response, model, False)
             tries += 1
-            crowded = (error.kind == llm_client.RATE_LIMIT and slot.others > 0
+            crowded = (error.kind == llm_policy.RATE_LIMIT and slot.others > 0
                        and crowded_retries < CROWDED_RATE_LIMIT_RETRIES)
             if crowded:
                 crowded_retries += 1
@@ -232,15 +233,15 @@ class ModelCaller:
             if crowded and isinstance(action, llm_policy.Rotate) and error.retry_after is None:
                 # our own concurrency caused it: the limiter has just lowered the cap; back off and retry
                 action = llm_policy.Retry(llm_policy.backoff_full_jitter(crowded_retries - 1, rng=self.rng))
-            if isinstance(action, llm_policy.Fatal) and error.kind == llm_client.AUTH and not model.api_key_env:
+            if isinstance(action, llm_policy.Fatal) and error.kind == llm_policy.AUTH and not model.api_key_env:
                 action = llm_policy.Fatal(f"authentication failed for model {model.name} ({model.id}) at "
                                           f"{model.base_url}: {error.message}. The endpoint wants an API key, "
                                           f"and [models.{model.name}] names none: set api_key_env to the "
                                           f"environment variable that holds it.")
             if isinstance(action, llm_policy.Retry):
-                if error.kind != llm_client.RATE_LIMIT:     # the limiter handles rate limits, not the breaker
+                if error.kind != llm_policy.RATE_LIMIT:     # the limiter handles rate limits, not the breaker
                     self.shared.failed(model.name, error.kind)
-                if error.kind == llm_client.RATE_LIMIT:
+                if error.kind == llm_policy.RATE_LIMIT:
                     self.events.emit("llm_rate_limited", self.ws_id, self.attempt, model=model.name,
                                      retry_in=round(action.delay, 2))
                 self._sleep(action.delay)
