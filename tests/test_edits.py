@@ -12,25 +12,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentrun.agents.llm.edits import (
-    ApplyResult,
-    Edit,
+from agentrun.agents.llm.edits import ApplyResult, apply_edits, resolve_in_root
+from agentrun.agents.llm.patches import (
     EditFailed,
     Failure,
     UnsafePath,
-    WholeFile,
-    apply_edits,
     apply_search_replace,
     closest_lines,
     failure_feedback,
-    fence_for,
     matches,
-    parse_edits,
     plan_edits,
-    render_edits,
-    resolve_in_root,
     safe_relpath,
 )
+from agentrun.agents.llm.replies import Edit, WholeFile, fence_for, parse_edits, render_edits
 
 
 def block(path: str | None, search: str, replace: str, fence: str | None = "```python") -> str:

@@ -18,9 +18,11 @@ from typing import Callable
 
 from agentrun.agents.llm import context
 from agentrun.agents.llm import edits
+from agentrun.agents.llm import replies
 from agentrun.spec import globs
 from agentrun.proc.command import AttemptContext, ExecResult
-from agentrun.agents.llm.edits import UnsafePath, resolve_in_root
+from agentrun.agents.llm.edits import resolve_in_root
+from agentrun.agents.llm.patches import UnsafePath
 from agentrun.spec.globs import in_scope
 from agentrun.agents.llm.call import ContextTooLarge, LLMStop, ModelCaller
 from agentrun.spec.models import Model
@@ -183,7 +185,7 @@ class LLMAgentExecutor:
                                   prompt_tokens=reply.response.prompt_tokens, est_prompt_tokens=est,
                                   completion_tokens=reply.response.completion_tokens)
             messages.append({"role": "assistant", "content": content})
-            parsed = edits.parse_edits(content, fmt)
+            parsed = replies.parse_edits(content, fmt)
             feedback = None
             if not parsed.edits:
                 feedback = parsed.feedback() if parsed.problems else (

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping, Sequence
 
-from agentrun.agents.llm.edits import UnsafePath, fence_for, resolve_in_root, safe_relpath
+from agentrun.agents.llm.edits import resolve_in_root
+from agentrun.agents.llm.patches import UnsafePath, safe_relpath
+from agentrun.agents.llm.replies import fence_for
 from agentrun.errors import AgentrunError
 
 CHARS_PER_TOKEN = {"code": 3, "prose": 4}
