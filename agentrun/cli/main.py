@@ -20,7 +20,7 @@ from agentrun.cli.common import handle_errors, state_dir_option
 from agentrun.views.output import ForgivingOutput, silence
 from agentrun.spec.durations import format_duration
 from agentrun.errors import EXIT_FAILED, EXIT_USAGE, GitError, UsageError
-from agentrun.git.integration import fast_forward
+from agentrun.git.merge import fast_forward
 from agentrun.store.layout import layout_for, project_root
 from agentrun.views.progress import display_for
 from agentrun.run.attempt import SPOOL_PREFIX, conversation_path, copy_log

@@ -33,9 +33,10 @@ from agentrun.store.events import EventLog
 from agentrun.agents import Executor
 from agentrun.agents.command import CommandExecutor
 from agentrun.proc.command import AttemptContext, ExecResult, run_command
-from agentrun.git.integration import (GateRunner, GitRun, Workspace, already_integrated, commit_message, free_port,
-                          integrate, integration_tip, leaving_path, prepare_workspace, rescue_and_remove,
-                          rescue_ref, verify)
+from agentrun.git.merge import already_integrated, commit_message, integrate
+from agentrun.git.verify import GateRunner, free_port, verify
+from agentrun.git.worktrees import (GitRun, Workspace, integration_tip, leaving_path, prepare_workspace,
+                                    rescue_and_remove, rescue_ref)
 from agentrun.store.layout import Layout
 from agentrun.spec.workstreams import Budget, LLMSettings, Workstream
 from agentrun.store.state import Claimed, Finish, StateStore

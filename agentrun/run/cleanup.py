@@ -9,7 +9,7 @@ from pathlib import Path
 
 from agentrun.git import repo as git
 from agentrun.errors import UsageError
-from agentrun.git.integration import integration_branch, rescue_and_remove, rescue_ref
+from agentrun.git.worktrees import integration_branch, rescue_and_remove, rescue_ref
 from agentrun.store.state import orchestrator_alive
 from agentrun.store.layout import Layout
 from agentrun.store.state import StateStore

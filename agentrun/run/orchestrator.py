@@ -27,7 +27,7 @@ from agentrun.run.backends.local import LocalProcessBackend, Report, Requeued, S
 from agentrun.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, GitError, SpecError, StateError, UsageError
 from agentrun.store.events import EventLog
 from agentrun.proc.command import ExecResult
-from agentrun.git.integration import GitRun, integration_branch
+from agentrun.git.worktrees import GitRun, integration_branch
 from agentrun.store.layout import Layout, layout_for, new_run_id, project_root
 from agentrun.plan.planner import Plan, build_plan, select
 from agentrun.plan.scheduler import SCHEDULES, Scheduler, lookahead, to_release

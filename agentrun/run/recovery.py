@@ -22,7 +22,7 @@ from agentrun.run.attempt import settle_orphaned_log
 from agentrun.run.backends.local import parse_local_external_id
 from agentrun.errors import UsageError
 from agentrun.store.events import EventLog, repair_tail
-from agentrun.git.integration import rescue_ref
+from agentrun.git.worktrees import rescue_ref
 from agentrun.store.layout import Layout
 from agentrun.spec.workstreams import LLMSettings
 from agentrun.store.state import StateStore, is_crashed, orchestrator_alive, return_unstarted
