@@ -23,7 +23,8 @@ from agentrun.proc import process as procs
 from agentrun.run import recovery
 from agentrun.store import redaction
 from agentrun.run.attempt import Completion, Job, RunContext, record_outcome
-from agentrun.run.backends.local import LocalProcessBackend, Report, Requeued, Started, WorkerLost
+from agentrun.run.backends import Report, Requeued, Started, WorkerLost
+from agentrun.run.backends.local import LocalProcessBackend
 from agentrun.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, GitError, SpecError, StateError, UsageError
 from agentrun.store.events import EventLog
 from agentrun.proc.command import ExecResult

@@ -1,11 +1,9 @@
-"""Where workstreams execute: the backend seam (submit / poll / cancel).
+"""The local backend: attempts run in a pool of worker processes on this machine.
 
 ``LocalProcessBackend`` keeps a pool of forked worker processes, so a
 workstream costs a fork+exec of its command, never a fresh Python
 interpreter. Each worker opens its own DB connection and event-log
-descriptor after the fork. A distributed backend (Ray, say) implements the
-same methods; its workers claim released work the same way and record their
-external id with each attempt.
+descriptor after the fork, and claims released work itself (``Worker``).
 """
 
 from __future__ import annotations
@@ -18,62 +16,17 @@ import signal
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait as mp_wait
-from typing import Callable, Protocol
+from typing import Callable
 
 from agentrun.run import containment
 from agentrun.store import crashpoints
 from agentrun.proc import process as procs
 from agentrun.run.attempt import Completion, Job, Outcome, RunContext, decide_outcome, execute_attempt
+from agentrun.run.backends import Report, Requeued, Started, WorkerLost
 from agentrun.store.events import EventLog
 from agentrun.plan.scheduler import to_reserve
 from agentrun.store.state import Claimed, ClaimResult, StateStore
-
-
-class Backend(Protocol):
-    """Where attempts run.
-
-    The orchestrator releases ready work in the state DB (``StateStore.dispatch``), numbered in
-    the order it should start, and calls ``submit`` with the highest number released.
-    Whoever executes them claims the next released workstream itself and records its external
-    id with the attempt; ``poll`` returns what happened since: ``Started``, ``Completion``,
-    ``Requeued`` and ``WorkerLost`` reports.
-    """
-
-    size: int
-
-    def submit(self, released: int) -> None: ...
-    def poll(self, timeout: float | None, extra_fds: list[int] = ...) -> list[Report]: ...
-    def cancel(self, external_id: str) -> None: ...
-    def cancel_all(self) -> None: ...
-    def shutdown(self) -> list[Report]: ...
-
-
-@dataclass(frozen=True)
-class Started:
-    ws_id: str
-    attempt: int
-    external_id: str
-
-
-@dataclass(frozen=True)
-class WorkerLost:
-    """A worker died: whatever it had claimed and not reported must be found in the DB."""
-
-    external_id: str
-    error: str
-
-
-@dataclass(frozen=True)
-class Requeued:
-    """A worker handed work it had reserved back to the queue (it found a long attempt among
-    it): workers that found nothing to claim should look again."""
-
-    external_id: str
-
-
-Report = Started | Completion | WorkerLost | Requeued
 
 
 class LostReservation(Exception):
@@ -96,7 +49,9 @@ def parse_local_external_id(external_id: str | None) -> tuple[int, str] | None:
     return int(pid), start
 
 
-class _Worker:
+class _WorkerHandle:
+    """The orchestrator's side of one worker process."""
+
     def __init__(self, lane: int, process, conn: Connection):
         self.lane = lane
         self.process = process
@@ -120,7 +75,7 @@ class LocalProcessBackend:
         self.size = workers     # at most this many; each started only once there is work for it (grow)
         self._before_fork = before_fork
         self._after_fork = after_fork
-        self._workers: list[_Worker] = []
+        self._workers: list[_WorkerHandle] = []
         self._closing = False
         self._selector = selectors.DefaultSelector()
         self._extra: set[int] = set()
@@ -150,7 +105,7 @@ class LocalProcessBackend:
                                      name=f"agentrun-worker-{lane}", daemon=False)
                 proc.start()
                 child.close()
-                worker = _Worker(lane, proc, parent)
+                worker = _WorkerHandle(lane, proc, parent)
                 self._workers.append(worker)
                 self._selector.register(parent, selectors.EVENT_READ, worker)
                 self._selector.register(proc.sentinel, selectors.EVENT_READ, worker)
@@ -176,7 +131,7 @@ class LocalProcessBackend:
                 self._extra.add(fd)
                 self._selector.register(fd, selectors.EVENT_READ, None)
         out: list[Report] = []
-        dead: list[_Worker] = []
+        dead: list[_WorkerHandle] = []
         for key, _ in self._selector.select(timeout):
             worker = key.data
             if worker is None or worker in dead:
@@ -208,7 +163,7 @@ class LocalProcessBackend:
             self._workers.sort(key=lambda w: w.lane)
         return out
 
-    def _unpack(self, worker: _Worker, message, out: list[Report]) -> None:
+    def _unpack(self, worker: _WorkerHandle, message, out: list[Report]) -> None:
         """A worker's message: outcomes it recorded, attempts it started, the release it had seen
         if it found nothing to claim, and whether it handed reserved work back."""
         done, started, idle_seen, given_back = message
@@ -220,7 +175,7 @@ class LocalProcessBackend:
         if worker.idle:
             worker.seen = max(worker.seen, idle_seen)
 
-    def _drain(self, worker: _Worker, out: list[Report]) -> None:
+    def _drain(self, worker: _WorkerHandle, out: list[Report]) -> None:
         try:
             while worker.conn.poll():
                 self._unpack(worker, worker.conn.recv(), out)
@@ -257,145 +212,166 @@ class LocalProcessBackend:
 
 
 def _worker_main(conn: Connection, lane: int, ctx: RunContext, parent_ends: list[Connection]) -> None:
-    """Worker loop: record the last outcomes and claim the next job (or reserve a batch of short
-    ones), run it; sleep when nothing is released; stop when told to, when the orchestrator goes
-    away, or on SIGTERM or SIGINT, handing back what it reserved and did not start."""
+    """What a forked worker process runs."""
     for end in parent_ends:
         end.close()
-    # SIGTERM (the orchestrator stopping the run) and Ctrl-C (which reaches the whole foreground
-    # group, orchestrator included) both mean: stop the current command, record it, claim
-    # nothing more and exit. The signal's byte on ``wake_r`` is what interrupts the command.
-    # Handlers, not SIG_IGN: an ignored signal stays ignored across exec, and the commands this
-    # worker starts must get the default behaviour.
-    orchestrator = crashpoints.orchestrator_pid = os.getppid()
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    stopping = False
+    Worker(conn, lane, ctx).run()
 
-    def on_stop(signum, frame):
-        nonlocal stopping
-        stopping = True
 
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.set_wakeup_fd(wake_w)
-    sweeper = containment.Sweeper(ctx.cgroup, lane)
-    store = StateStore(ctx.layout.db_path)
-    events = EventLog(ctx.layout.events_path(ctx.run_id), ctx.run_id)
-    external_id = local_external_id(os.getpid())
-    spool = ctx.spool_path(lane)
-    batch: deque[Claimed] = deque()     # claimed or reserved, not started yet
-    unrecorded: list[Outcome] = []      # outcomes decided, not yet in the DB
-    unsent: list[Completion] = []       # recorded, not yet told to the orchestrator
-    give_back: list[str] = []           # reservations this worker will not run
-    given_back = False                  # since the last report: idle workers may take them
+class Worker:
+    """One worker process: record the last outcomes and claim the next job (or reserve a batch
+    of short ones), run it; sleep when nothing is released; stop when told to, when the
+    orchestrator goes away, or on SIGTERM or SIGINT, handing back what it reserved and did not
+    start."""
 
-    def report(started: list[Started], idle_seen: int | None = None) -> bool:
-        nonlocal unsent, given_back
+    def __init__(self, conn: Connection, lane: int, ctx: RunContext):
+        self.conn = conn
+        self.lane = lane
+        self.ctx = ctx
+        # SIGTERM (the orchestrator stopping the run) and Ctrl-C (which reaches the whole foreground
+        # group, orchestrator included) both mean: stop the current command, record it, claim
+        # nothing more and exit. The signal's byte on ``wake_r`` is what interrupts the command.
+        # Handlers, not SIG_IGN: an ignored signal stays ignored across exec, and the commands this
+        # worker starts must get the default behaviour.
+        self.orchestrator = crashpoints.orchestrator_pid = os.getppid()
+        self.wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        self.stopping = False
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.set_wakeup_fd(wake_w)
+        self.sweeper = containment.Sweeper(ctx.cgroup, lane)
+        self.store = StateStore(ctx.layout.db_path)
+        self.events = EventLog(ctx.layout.events_path(ctx.run_id), ctx.run_id)
+        self.external_id = local_external_id(os.getpid())
+        self.spool = ctx.spool_path(lane)
+        self.batch: deque[Claimed] = deque()    # claimed or reserved, not started yet
+        self.unrecorded: list[Outcome] = []     # outcomes decided, not yet in the DB
+        self.unsent: list[Completion] = []      # recorded, not yet told to the orchestrator
+        self.give_back: list[str] = []          # reservations this worker will not run
+        self.given_back = False                 # since the last report: idle workers may take them
+
+    def _on_stop(self, signum, frame) -> None:
+        self.stopping = True
+
+    def run(self) -> None:
         try:
-            conn.send((unsent, started, idle_seen, given_back))
+            while True:
+                # Start nothing new once told to stop or orphaned (the orchestrator would not hear of it).
+                go_on = not self.stopping and os.getppid() == self.orchestrator
+                if self.batch and not go_on:  # reserved and not started: back to the queue
+                    self.give_back.extend(c.ws_id for c in self.batch)
+                    self.batch.clear()
+                if not self.batch:
+                    if not self.claim_batch(go_on):
+                        break
+                    if not self.batch:  # woken: look again
+                        continue
+                self.run_attempt(self.batch.popleft())
+        except Exception as exc:  # noqa: BLE001 - one line, not a traceback; the orchestrator reconciles
+            print(f"agentrun: worker {self.lane}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            sys.exit(1)
+        finally:
+            self.stop()
+        try:  # what the last silent attempt left in the spool; a crashed worker's stays with its attempt
+            os.unlink(self.spool)
+        except FileNotFoundError:
+            pass
+
+    def claim_batch(self, go_on: bool) -> bool:
+        """Record the outcomes held and claim what runs next into ``batch``; with nothing
+        released, report and sleep until woken. False: the worker is to stop."""
+        got = self.record_and_claim(go_on)
+        if not got.claimed:
+            return self.report([], got.released) and go_on and _wait_for_work(self.conn, self.wake_r)
+        self.batch.extend(got.claimed)
+        started = [Started(c.ws_id, c.attempt, self.external_id) for c in got.claimed if not c.reserved]
+        return not _report_now(self.ctx, self.unsent, got.claimed[-1]) or self.report(started)
+
+    def run_attempt(self, claimed: Claimed) -> None:
+        """Run one claimed or reserved attempt; its outcome is held in ``unrecorded``."""
+        began, began_wall = time.monotonic(), time.time()
+        if claimed.reserved:
+            hooks = {"start_reserved": self._start_reserved(claimed, began_wall)}
+        else:
+            # An attempt that turns out long reports what was held back, and that it started.
+            held = Started(claimed.ws_id, claimed.attempt, self.external_id)
+            hooks = {"on_long": (lambda: self.report([held])) if self.unsent else None}
+        result, log_path, attempt_id = execute_attempt(claimed, self.ctx, self.store, self.events, lane=self.lane,
+                                                       cancel_fd=self.wake_r, sweep=self.sweeper.sweep, **hooks)
+        crashpoints.hit("before-done")
+        self.unrecorded.append(decide_outcome(Job(claimed.ws_id, claimed.attempt), self.ctx, self.store, attempt_id,
+                                              result, log_path, set_log=True, seconds=time.monotonic() - began,
+                                              started_at=began_wall))
+
+    def report(self, started: list[Started], idle_seen: int | None = None) -> bool:
+        try:
+            self.conn.send((self.unsent, started, idle_seen, self.given_back))
         except OSError:
             return False  # orchestrator gone; outcomes are durable in the DB, a claim is found by recovery
-        unsent = []
-        given_back = False
+        self.unsent = []
+        self.given_back = False
         return True
 
-    def started_event(ws_id: str, attempt: int, **extra) -> tuple:
-        return ("ws_started", ws_id, attempt, {"lane": lane, "worker": external_id, **extra})
+    def stop(self) -> None:
+        self.sweeper.sweep()
+        self.store.close()
+        self.events.close()
 
-    def recorded(flags: list[bool], records: list) -> None:
-        """After the transaction that recorded ``unrecorded`` (``flags``: which of them it could)
-        and ``give_back``: the events, and the outcomes to tell."""
-        nonlocal given_back
-        for o, ok in zip(unrecorded, flags):
-            if not ok:  # no longer this worker's: recover took it back while we were orphaned
-                continue
-            if o.finish.attempt_id is None:  # a reserved attempt: its start is logged with its outcome
-                records.append(started_event(o.finish.ws_id, o.finish.attempt, started_at=o.finish.started_at))
-            records.append(o.event)
-            unsent.append(o.completion)
-        unrecorded.clear()
-        given_back = given_back or bool(give_back)
-        give_back.clear()
-
-    def claim(go_on: bool) -> ClaimResult:
-        got = store.finish_and_claim(ctx.run_id, [o.finish for o in unrecorded], claim=go_on, lane=lane,
-                                     external_id=external_id, log_path=spool, now=time.time(),
-                                     reserve=lambda waiting: to_reserve(waiting, ctx.max_workers),
-                                     reservable=ctx.reservable, give_back=give_back)
-        if unrecorded:
+    def record_and_claim(self, go_on: bool) -> ClaimResult:
+        got = self.store.finish_and_claim(self.ctx.run_id, [o.finish for o in self.unrecorded], claim=go_on,
+                                          lane=self.lane, external_id=self.external_id, log_path=self.spool,
+                                          now=time.time(),
+                                          reserve=lambda waiting: to_reserve(waiting, self.ctx.max_workers),
+                                          reservable=self.ctx.reservable, give_back=self.give_back)
+        if self.unrecorded:
             crashpoints.hit("after-done")
         records: list = []
-        recorded(got.recorded, records)
+        self._recorded(got.recorded, records)
         for c in got.claimed:
             if not c.reserved:
                 crashpoints.hit("after-claim")
-                records.append(started_event(c.ws_id, c.attempt))
-        events.emit_all(records)
+                records.append(self._started_event(c.ws_id, c.attempt))
+        self.events.emit_all(records)
         return got
 
-    def start_reserved(claimed: Claimed, began: float) -> Callable[[int, int, str | None], int]:
+    def _started_event(self, ws_id: str, attempt: int, **extra) -> tuple:
+        return ("ws_started", ws_id, attempt, {"lane": self.lane, "worker": self.external_id, **extra})
+
+    def _recorded(self, flags: list[bool], records: list) -> None:
+        """After the transaction that recorded ``unrecorded`` (``flags``: which of them it could)
+        and ``give_back``: the events, and the outcomes to tell."""
+        for o, ok in zip(self.unrecorded, flags):
+            if not ok:  # no longer this worker's: recover took it back while we were orphaned
+                continue
+            if o.finish.attempt_id is None:  # a reserved attempt: its start is logged with its outcome
+                records.append(self._started_event(o.finish.ws_id, o.finish.attempt, started_at=o.finish.started_at))
+            records.append(o.event)
+            self.unsent.append(o.completion)
+        self.unrecorded.clear()
+        self.given_back = self.given_back or bool(self.give_back)
+        self.give_back.clear()
+
+    def _start_reserved(self, claimed: Claimed, began: float) -> Callable[[int, int, str | None], int]:
         def start(pid: int, pgid: int, proc_start: str | None) -> int:
             # It runs long: what ran before it is recorded, the rest of the batch goes back to
             # the queue for idle workers, and it becomes an ordinary running attempt.
-            give_back.extend(c.ws_id for c in batch)
-            batch.clear()
-            attempt_id, flags = store.start_reserved(ctx.run_id, claimed, [o.finish for o in unrecorded], give_back,
-                                                     lane=lane, external_id=external_id, started_at=began, pid=pid,
-                                                     pgid=pgid, proc_start=proc_start)
+            self.give_back.extend(c.ws_id for c in self.batch)
+            self.batch.clear()
+            attempt_id, flags = self.store.start_reserved(self.ctx.run_id, claimed,
+                                                          [o.finish for o in self.unrecorded], self.give_back,
+                                                          lane=self.lane, external_id=self.external_id,
+                                                          started_at=began, pid=pid, pgid=pgid, proc_start=proc_start)
             records: list = []
-            recorded(flags, records)
+            self._recorded(flags, records)
             if attempt_id is not None:
-                records.append(started_event(claimed.ws_id, claimed.attempt))
-            events.emit_all(records)
-            report([Started(claimed.ws_id, claimed.attempt, external_id)] if attempt_id is not None else [])
+                records.append(self._started_event(claimed.ws_id, claimed.attempt))
+            self.events.emit_all(records)
+            self.report([Started(claimed.ws_id, claimed.attempt, self.external_id)] if attempt_id is not None else [])
             if attempt_id is None:  # raised inside the wait: the command is stopped
                 raise LostReservation(f"{claimed.ws_id} is no longer reserved by this worker")
             return attempt_id
         return start
-
-    try:
-        while True:
-            # Start nothing new once told to stop or orphaned (the orchestrator would not hear of it).
-            go_on = not stopping and os.getppid() == orchestrator
-            if batch and not go_on:  # reserved and not started: back to the queue
-                give_back.extend(c.ws_id for c in batch)
-                batch.clear()
-            if not batch:
-                got = claim(go_on)
-                if not got.claimed:
-                    if not report([], got.released) or not go_on or not _wait_for_work(conn, wake_r):
-                        break
-                    continue
-                batch.extend(got.claimed)
-                started = [Started(c.ws_id, c.attempt, external_id) for c in got.claimed if not c.reserved]
-                if _report_now(ctx, unsent, got.claimed[-1]) and not report(started):
-                    break
-            claimed = batch.popleft()
-            began, began_wall = time.monotonic(), time.time()
-            if claimed.reserved:
-                hooks = {"start_reserved": start_reserved(claimed, began_wall)}
-            else:
-                # An attempt that turns out long reports what was held back, and that it started.
-                held = Started(claimed.ws_id, claimed.attempt, external_id)
-                hooks = {"on_long": (lambda: report([held])) if unsent else None}
-            result, log_path, attempt_id = execute_attempt(claimed, ctx, store, events, lane=lane,
-                                                           cancel_fd=wake_r, sweep=sweeper.sweep, **hooks)
-            crashpoints.hit("before-done")
-            unrecorded.append(decide_outcome(Job(claimed.ws_id, claimed.attempt), ctx, store, attempt_id, result,
-                                             log_path, set_log=True, seconds=time.monotonic() - began,
-                                             started_at=began_wall))
-    except Exception as exc:  # noqa: BLE001 - one line, not a traceback; the orchestrator reconciles
-        print(f"agentrun: worker {lane}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        sweeper.sweep()
-        store.close()
-        events.close()
-    try:  # what the last silent attempt left in the spool; a crashed worker's stays with its attempt
-        os.unlink(spool)
-    except FileNotFoundError:
-        pass
 
 
 def _report_now(ctx: RunContext, unsent: list[Completion], claimed: Claimed) -> bool:
