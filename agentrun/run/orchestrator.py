@@ -23,7 +23,7 @@ from agentrun.proc import process as procs
 from agentrun.run import recovery
 from agentrun.store import redaction
 from agentrun.run.attempt import Completion, Job, RunContext, record_outcome
-from agentrun.run.backends import Report, Requeued, Started, WorkerLost
+from agentrun.run.backends import Backend, Report, Requeued, Started, WorkerLost
 from agentrun.run.backends.local import LocalProcessBackend
 from agentrun.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, GitError, SpecError, StateError, UsageError
 from agentrun.store.events import EventLog
@@ -523,7 +523,7 @@ class Orchestrator:
             timeout = min(timeout, max(0.0, self.retry_heap[0][0] - time.time()))
         return timeout
 
-    def _dispatch(self, backend: LocalProcessBackend) -> None:
+    def _dispatch(self, backend: Backend) -> None:
         """Mark what became ready, release the best of the ready work to the workers: one transaction."""
         extra = lookahead(backend.size, self._typical if self._reserving else None)
         want = to_release(backend.size, extra, len(self.inflight)) if self.draining is None else 0

@@ -22,11 +22,13 @@ class Backend(Protocol):
     the order it should start, and calls ``submit`` with the highest number released.
     Whoever executes them claims the next released workstream itself and records its external
     id with the attempt; ``poll`` returns what happened since: ``Started``, ``Completion``,
-    ``Requeued`` and ``WorkerLost`` reports.
+    ``Requeued`` and ``WorkerLost`` reports. ``grow`` is told how many jobs are released or
+    running, so executors are started only once there is work they can have.
     """
 
     size: int
 
+    def grow(self, busy: int) -> None: ...
     def submit(self, released: int) -> None: ...
     def poll(self, timeout: float | None, extra_fds: list[int] = ...) -> list[Report]: ...
     def cancel(self, external_id: str) -> None: ...
