@@ -1,4 +1,4 @@
-"""The ``monitor`` command (registered in cli.py with ``cli.add_command(monitor)``).
+"""The ``monitor`` command (loaded by the group in ``main`` when it is used).
 
 Read-only: it opens the state DB with ``readonly=True`` and never writes.
 """
