@@ -403,7 +403,7 @@ def test_a_command_cannot_read_the_key_from_its_workers_or_orchestrators_process
                                         'tr "\\0" "\\n" < /proc/$p/environ 2>/dev/null | grep -c LEAKTEST; done; true')
     os.chmod(top, 0o755)
     subprocess.run(["chown", "-R", "65534:65534", str(project)], check=True)
-    package = Path(__file__).resolve().parent.parent
+    package = Path(__file__).resolve().parents[2]
     site = next((package / ".venv" / "lib").glob("python3*/site-packages"))
     env = clean_env(**{KEY_VAR: key, "PYTHONPATH": f"{package}:{site}", "HOME": str(project)})
     proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SYSTEM_PYTHON, "-m",
