@@ -1,4 +1,4 @@
-"""The command executor: ``run = "..."``, a shell string or an argv list."""
+"""The command executor: a workstream done by running its own command."""
 
 from __future__ import annotations
 
