@@ -25,7 +25,8 @@ from agentrun.store.layout import layout_for, project_root
 from agentrun.views.progress import display_for
 from agentrun.run.attempt import SPOOL_PREFIX, conversation_path, copy_log
 from agentrun.plan.scheduler import SCHEDULES
-from agentrun.spec.workstreams import BUDGET_MODES, MAX_COST_USD, LLMSettings
+from agentrun.spec.fields import BUDGET_MODES, MAX_COST_USD
+from agentrun.spec.workstream import LLMSettings
 from agentrun.store.state import StateStore
 from agentrun.spec.values import number, shown, whole_number
 

@@ -21,7 +21,7 @@ from agentrun.git import repo as git
 from agentrun.spec import globs
 from agentrun.spec.globs import in_scope
 from agentrun.proc.command import AttemptContext, ExecResult, run_command
-from agentrun.spec.workstreams import Workstream
+from agentrun.spec.workstream import Workstream
 
 TRAILER = "Agentrun-Workstream"
 

@@ -37,7 +37,7 @@ from agentrun.git.integration import (GateRunner, GitRun, Workspace, already_int
                           integrate, integration_tip, leaving_path, prepare_workspace, rescue_and_remove,
                           rescue_ref, verify)
 from agentrun.store.layout import Layout
-from agentrun.spec.workstreams import Budget, LLMSettings, Workstream
+from agentrun.spec.workstream import Budget, LLMSettings, Workstream
 from agentrun.store.state import Claimed, Finish, StateStore
 
 ATTEMPT_HEARTBEAT_SECONDS = 5.0
