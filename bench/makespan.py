@@ -53,7 +53,7 @@ def simulated(src: Path, dur_ms) -> dict[str, float] | None:
     try:
         from agentrun.plan.planner import build_plan
         from agentrun.plan.scheduler import simulate
-        from agentrun.spec.workstreams import load_source
+        from agentrun.spec.load import load_source
     except ImportError:
         return None
     plan = build_plan(load_source(src).workstreams)

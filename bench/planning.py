@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import begin, depth, finish, fmt_table, invalid, random_dag  # noqa: E402
 
 from agentrun.plan.planner import build_plan  # noqa: E402
-from agentrun.spec.workstreams import Command, Workstream  # noqa: E402
+from agentrun.spec.command import Command  # noqa: E402
+from agentrun.spec.workstream import Workstream  # noqa: E402
 
 TARGET = 2.0     # planning with files <= this x planning without
 SEED = 1234

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from agentrun.proc.command import AttemptContext, ExecResult
-from agentrun.spec.workstreams import Workstream
+from agentrun.spec.workstream import Workstream
 
 
 class Executor(Protocol):

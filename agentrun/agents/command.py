@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agentrun.proc.command import AttemptContext, ExecResult, run_command
-from agentrun.spec.workstreams import Workstream
+from agentrun.spec.workstream import Workstream
 
 
 class CommandExecutor:

@@ -20,7 +20,7 @@ from agentrun.git.merge import fast_forward
 from agentrun.store.layout import layout_for, project_root
 from agentrun.views.progress import display_for
 from agentrun.plan.scheduler import SCHEDULES
-from agentrun.spec.workstreams import BUDGET_MODES, MAX_COST_USD
+from agentrun.spec.fields import BUDGET_MODES, MAX_COST_USD
 
 MAX_WORKERS = 1024
 

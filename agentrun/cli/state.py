@@ -16,7 +16,7 @@ from agentrun.views.output import silence
 from agentrun.errors import EXIT_FAILED, UsageError
 from agentrun.store.layout import layout_for, project_root
 from agentrun.run.attempt import SPOOL_PREFIX, conversation_path, copy_log
-from agentrun.spec.workstreams import LLMSettings
+from agentrun.spec.workstream import LLMSettings
 from agentrun.store.state import StateStore
 
 

@@ -16,7 +16,7 @@ from agentrun.store import crashpoints
 from agentrun.git import repo as git
 from agentrun.git.verify import GateRunner
 from agentrun.git.worktrees import GitRun, Workspace, integration_tip, rescue_ref
-from agentrun.spec.workstreams import Workstream
+from agentrun.spec.workstream import Workstream
 
 TRAILER = "Agentrun-Workstream"
 

@@ -12,7 +12,7 @@ from agentrun.git import repo as git
 from agentrun.git.worktrees import Workspace
 from agentrun.spec.globs import in_scope
 from agentrun.proc.command import AttemptContext, ExecResult, run_command
-from agentrun.spec.workstreams import Workstream
+from agentrun.spec.workstream import Workstream
 
 
 @dataclass

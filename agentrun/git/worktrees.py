@@ -13,7 +13,7 @@ from pathlib import Path
 
 from agentrun.git import repo as git
 from agentrun.spec import globs
-from agentrun.spec.workstreams import Workstream
+from agentrun.spec.workstream import Workstream
 
 
 @dataclass(frozen=True)

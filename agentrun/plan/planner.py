@@ -13,7 +13,8 @@ from typing import Iterable, Iterator, Mapping
 
 from agentrun.spec import globs
 from agentrun.errors import UsageError
-from agentrun.spec.workstreams import PRIORITIES, Workstream
+from agentrun.spec.fields import PRIORITIES
+from agentrun.spec.workstream import Workstream
 
 DEFAULT_ESTIMATE = 1.0  # seconds, for workstreams with neither an estimate nor history
 

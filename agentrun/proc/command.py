@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from agentrun.proc import process as procs
-from agentrun.spec.workstreams import Command
+from agentrun.spec.command import Command
 
 
 @dataclass

@@ -38,7 +38,7 @@ from agentrun.git.verify import GateRunner, free_port, verify
 from agentrun.git.worktrees import (GitRun, Workspace, integration_tip, leaving_path, prepare_workspace,
                                     rescue_and_remove, rescue_ref)
 from agentrun.store.layout import Layout
-from agentrun.spec.workstreams import Budget, LLMSettings, Workstream
+from agentrun.spec.workstream import Budget, LLMSettings, Workstream
 from agentrun.store.state import Claimed, Finish, StateStore
 
 ATTEMPT_HEARTBEAT_SECONDS = 5.0

@@ -32,8 +32,8 @@ from agentrun.git.worktrees import GitRun, integration_branch
 from agentrun.store.layout import Layout, layout_for, new_run_id, project_root
 from agentrun.plan.planner import Plan, build_plan, select
 from agentrun.plan.scheduler import SCHEDULES, Scheduler, lookahead, to_release
-from agentrun.spec.workstreams import (LLMSettings, Source, Workstream, load_source, project_problems, source_digest,
-                   workstreams_from_snapshots)
+from agentrun.spec.load import Source, load_source, project_problems, source_digest
+from agentrun.spec.workstream import LLMSettings, Workstream, workstreams_from_snapshots
 from agentrun.store.state import StateStore, json_dumps, return_unstarted
 from agentrun.spec.values import shown_path
 

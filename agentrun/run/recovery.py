@@ -24,7 +24,7 @@ from agentrun.errors import UsageError
 from agentrun.store.events import EventLog, repair_tail
 from agentrun.git.worktrees import rescue_ref
 from agentrun.store.layout import Layout
-from agentrun.spec.workstreams import LLMSettings
+from agentrun.spec.workstream import LLMSettings
 from agentrun.store.state import StateStore, is_crashed, orchestrator_alive, return_unstarted
 
 REQUEUE = ("pending", "ready", "running", "retrying", "lost", "interrupted")

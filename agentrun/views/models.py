@@ -8,7 +8,8 @@ from pathlib import Path
 from agentrun.agents.llm.agent import expand_targets, task_text
 from agentrun.agents.llm.context import estimate_tokens
 from agentrun.spec.models import PRESETS, Model
-from agentrun.spec.workstreams import LLMSettings, Workstream, load_source
+from agentrun.spec.load import load_source
+from agentrun.spec.workstream import LLMSettings, Workstream
 
 
 def model_table(source: str) -> tuple[list[Model], list[tuple[str, str, str, tuple[str, ...]]]]:

@@ -15,7 +15,10 @@ from agentrun.spec.globs import patterns_overlap
 from agentrun.plan.planner import DEFAULT_ESTIMATE, build_plan, predict_conflicts, select
 from agentrun.views.plan import FORMATS, plan_summary, render_plan
 from agentrun.plan.scheduler import WAVES, simulate
-from agentrun.spec.workstreams import PRIORITIES, Command, Workstream, parse_documents
+from agentrun.spec.command import Command
+from agentrun.spec.fields import PRIORITIES
+from agentrun.spec.load import parse_documents
+from agentrun.spec.workstream import Workstream
 
 EPS = 1e-9
 

@@ -12,7 +12,9 @@ from agentrun.plan import retry as policy
 from agentrun.plan.planner import build_plan
 from agentrun.plan.scheduler import (EAGER, RESERVE_MAX, SHORT_ATTEMPT_SECONDS, WAVES, Scheduler, lookahead, simulate,
                                 to_release, to_reserve)
-from agentrun.spec.workstreams import PRIORITIES, Command, Workstream
+from agentrun.spec.command import Command
+from agentrun.spec.fields import PRIORITIES
+from agentrun.spec.workstream import Workstream
 
 
 def ws(ws_id: str, *deps: str, estimate: float | None = 1.0, **kw) -> Workstream:

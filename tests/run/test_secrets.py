@@ -28,7 +28,8 @@ from agentrun.store.events import EventLog, read_events
 from agentrun.proc.command import ExecResult
 from agentrun.store.layout import Layout
 from agentrun.spec.models import Model
-from agentrun.spec.workstreams import Command, LLMSettings, Workstream
+from agentrun.spec.command import Command
+from agentrun.spec.workstream import LLMSettings, Workstream
 from agentrun.store.state import StateStore
 from conftest import agentrun, state, toml_value, wait_for, write_ws
 from fake_llm import FakeLLM, Reply

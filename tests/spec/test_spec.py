@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from agentrun.errors import SpecError
-from agentrun.spec.workstreams import (MAX_FILE_BYTES, Command, Workstream, find_cycles, load_source, parse_documents,
-                           parse_source, project_problems, read_document)
+from agentrun.spec.command import Command
+from agentrun.spec.documents import MAX_FILE_BYTES, read_document
+from agentrun.spec.load import find_cycles, load_source, parse_documents, parse_source, project_problems
+from agentrun.spec.workstream import Workstream
 from agentrun.spec.values import shown
 from conftest import agentrun, state, toml_value
 from gitutil import all_refs, init_repo

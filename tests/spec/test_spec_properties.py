@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentrun.errors import SpecError
-from agentrun.spec.workstreams import load_source, workstreams_from_snapshots
+from agentrun.spec.load import load_source
+from agentrun.spec.workstream import workstreams_from_snapshots
 from agentrun.spec.values import shown
 from conftest import agentrun
 

@@ -27,7 +27,7 @@ from agentrun.spec.globs import in_scope
 from agentrun.agents.llm.call import ContextTooLarge, LLMStop, ModelCaller
 from agentrun.spec.models import Model
 from agentrun.store.redaction import NO_SECRETS, Secrets
-from agentrun.spec.workstreams import Workstream
+from agentrun.spec.workstream import Workstream
 
 MAX_FORMAT_RETRIES = 3
 GATE_OUTPUT_CHARS = 6000

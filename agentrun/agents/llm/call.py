@@ -27,7 +27,7 @@ from agentrun.agents.llm.protocol import ChatRequest, ChatResponse
 from agentrun.agents.llm.shared import SharedLLMState, Slot, cache_key
 from agentrun.spec.models import Model
 from agentrun.store.redaction import NO_SECRETS, Secrets
-from agentrun.spec.workstreams import Budget
+from agentrun.spec.workstream import Budget
 
 SLOT_POLL_SECONDS = (0.02, 0.25)
 CANCEL_POLL_SECONDS = 0.05
