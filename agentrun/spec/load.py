@@ -14,7 +14,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from agentrun.errors import SpecError
 from agentrun.spec.documents import read_document, read_regular
@@ -53,15 +53,16 @@ def _did_you_mean(name: Any, options, known: str = "fields") -> str:
     return f"; did you mean {shown(hint[0])}?" if hint else f"; known {known}: {shown_names(options)}"
 
 
-def _check_fields(raw: dict[str, Any], where: str, problems: list[str], allowed) -> dict[str, Any]:
-    """Validate each known field; report unknown ones. Returns the normalised values."""
+def _check_fields(raw: dict[str, Any], where: str, problems: list[str],
+                 checks: Mapping[str, Callable[[Any], Any]]) -> dict[str, Any]:
+    """Validate each field with its checker; report unknown ones. Returns the normalised values."""
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        if key not in allowed:
-            problems.append(f"{where}: field {shown(key)}: unknown field{_did_you_mean(key, allowed)}")
+        if key not in checks:
+            problems.append(f"{where}: field {shown(key)}: unknown field{_did_you_mean(key, checks)}")
             continue
         try:
-            out[key] = FIELDS[key](value)
+            out[key] = checks[key](value)
         except ValueError as exc:
             problems.append(f"{where}: field {shown(key)}: {exc}")
     return out
@@ -109,8 +110,8 @@ def parse_config_full(name: str, doc: dict[str, Any], problems: list[str]) -> tu
                 named = False
         if named:
             rules[key] = dict(table)
-    allowed = set(FIELDS) - NOT_DEFAULTABLE
-    values = _check_fields(defaults, f"{name} [defaults]", problems, allowed)
+    defaultable = {key: check for key, check in FIELDS.items() if key not in NOT_DEFAULTABLE}
+    values = _check_fields(defaults, f"{name} [defaults]", problems, defaultable)
     settings.rules = Rules(values.pop("model", DEFAULT_MODEL), rules.get("model_by_complexity"),
                            rules.get("model_by_type"))
     for model_name in (settings.rules.default, *(settings.rules.by_complexity or {}).values(),
@@ -129,16 +130,7 @@ def _parse_budget(name: str, raw: Any, problems: list[str]) -> Budget:
     checks: dict[str, Callable[[Any], Any]] = {
         "max_cost_usd": FIELDS["max_cost_usd"], "max_tokens": FIELDS["max_tokens"],
         "warn_at": lambda v: number(v, 0, 1), "mode": choice(BUDGET_MODES)}
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in checks:
-            problems.append(f"{name} [budget]: field {shown(key)}: unknown field{_did_you_mean(key, checks)}")
-            continue
-        try:
-            values[key] = checks[key](value)
-        except ValueError as exc:
-            problems.append(f"{name} [budget]: field '{key}': {exc}")
-    return Budget(**values)
+    return Budget(**_check_fields(raw, f"{name} [budget]", problems, checks))
 
 
 def _entries(name: str, doc: Any, problems: list[str]) -> list[tuple[str, dict[str, Any]]]:
