@@ -92,6 +92,18 @@ def wait_for(predicate, timeout: float = 30.0):
     raise AssertionError("condition not reached")
 
 
+def running_log(project: Path) -> Path | None:
+    """The log file of the running attempt, once it is recorded as running."""
+    try:
+        db = state(project)
+        rows = db.db.execute("SELECT log_path FROM attempts WHERE status = 'running'").fetchall()
+        db.close()
+    except sqlite3.Error:  # not created yet
+        return None
+    paths = [Path(r["log_path"]) for r in rows if r["log_path"]]
+    return paths[0] if paths and paths[0].is_file() else None
+
+
 def statuses(project: Path) -> dict[str, str]:
     """Workstream statuses of the latest run, as far as it is recorded yet."""
     try:

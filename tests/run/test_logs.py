@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from agentrun.proc import process as procs
 from agentrun.store import redaction
 from agentrun.run.attempt import (HOLE_ALIGN_BYTES, LOG_CHECK_MIN_SECONDS, LOG_CHECK_SECONDS, LOG_HEAD_BYTES,
                               LOG_SLACK_BYTES, LOG_TAIL_BYTES, RunningLog, copy_log)
-from conftest import state, wait_for, write_ws
+from conftest import running_log, state, wait_for, write_ws
 
 KEY = "sk-test-" + "q7" * 12
 OTHER = "another-secret-value"
@@ -249,16 +248,6 @@ def test_where_the_file_system_has_no_holes_the_log_is_left_as_it_is(tmp_path):
 GENEROUS_BYTES_PER_SECOND = 1e9
 
 
-def running_spool(project: Path) -> Path | None:
-    """The log file of the running attempt, once it is recorded as running."""
-    try:
-        db = state(project)
-        rows = db.db.execute("SELECT log_path FROM attempts WHERE status = 'running'").fetchall()
-        db.close()
-    except sqlite3.Error:  # not created yet
-        return None
-    paths = [Path(r["log_path"]) for r in rows if r["log_path"]]
-    return paths[0] if paths and paths[0].is_file() else None
 
 
 def test_a_flooding_command_keeps_its_log_within_the_cap_on_disk_while_it_runs(project):
@@ -273,7 +262,7 @@ def test_a_flooding_command_keeps_its_log_within_the_cap_on_disk_while_it_runs(p
     run = subprocess.Popen([sys.executable, "-m", "agentrun", "run", "w", "-q"], cwd=project,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
-        spool = wait_for(lambda: running_spool(project))
+        spool = wait_for(lambda: running_log(project))
         samples = []
 
         def printed_all() -> bool:

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import secrets as random_secrets
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from agentrun.spec.models import Model
 from agentrun.spec.command import Command
 from agentrun.spec.workstream import LLMSettings, Workstream
 from agentrun.store.state import StateStore
-from conftest import agentrun, state, toml_value, wait_for, write_ws
+from conftest import agentrun, running_log, state, toml_value, wait_for, write_ws
 from fake_llm import FakeLLM, Reply
 from gitutil import git, init_repo, show
 
@@ -205,15 +204,9 @@ def test_logs_of_an_attempt_still_running_show_no_key(project):
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
         def spool_with_output():
-            """The log of the running attempt, once it is recorded as running and has output."""
-            try:
-                db = state(project)
-                rows = db.db.execute("SELECT log_path FROM attempts WHERE status = 'running'").fetchall()
-                db.close()
-            except sqlite3.Error:  # not created yet
-                return None
-            paths = [Path(r["log_path"]) for r in rows if r["log_path"]]
-            return paths[0] if paths and paths[0].is_file() and paths[0].stat().st_size else None
+            """The log of the running attempt, once it has output."""
+            spool = running_log(project)
+            return spool if spool and spool.stat().st_size else None
         spool = wait_for(spool_with_output)
         assert key.encode() in spool.read_bytes()        # the command got it, and printed it
         run_id = state(project).latest_run()["id"]
