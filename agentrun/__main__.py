@@ -12,7 +12,6 @@ import posix
 _signal.signal(_signal.SIGINT, lambda signum, frame: posix._exit(130))  # nothing done yet: nothing to tidy
 
 import os  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
 
 
@@ -31,8 +30,7 @@ def _standard_streams() -> None:
 def main() -> None:
     _standard_streams()
     from agentrun.cli.main import main as cli_main
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    cli_main()
+    cli_main()   # the group restores Python's Ctrl-C handling once a command's modules are loaded
 
 
 if __name__ == "__main__":

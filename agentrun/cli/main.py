@@ -3,31 +3,14 @@ module only when it is used, so that a command never imports what only another o
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import os
 import signal
 import sys
 import threading
 
 import click
 
-from agentrun.errors import EXIT_INTERRUPTED
 from agentrun.views.output import ForgivingOutput
-
-
-@contextlib.contextmanager
-def _quiet_interrupt():
-    """Ctrl-C while a command's modules load exits 130 at once, as during ``__main__``'s own imports:
-    nothing is done yet, so nothing needs tidying, and a traceback from the import would be noise."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: os._exit(EXIT_INTERRUPTED))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 class LazyGroup(click.Group):
@@ -46,8 +29,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.LAZY:
             module, attribute = self.LAZY[name].split(":")
-            with _quiet_interrupt():
-                return getattr(importlib.import_module(module), attribute)
+            return getattr(importlib.import_module(module), attribute)
         return super().get_command(ctx, name)
 
 
@@ -55,6 +37,10 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="agentrun")
 def cli() -> None:
     """Run many units of development work in parallel under a dependency graph."""
+    # Click calls this once the command's module is loaded, just before the command runs: from
+    # here on Ctrl-C is the command's to handle (agentrun/__main__.py exits quietly until then).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main() -> None:
