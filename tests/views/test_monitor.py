@@ -28,12 +28,7 @@ from conftest import agentrun, events, pid_alive, state, wait_for, write_ws
 
 # --- helpers -------------------------------------------------------------------------
 def monitor_argv(*args) -> list[str]:
-    """``agentrun monitor ...``, or the command module directly until cli.py registers it."""
-    from agentrun.cli.main import cli
-    if "monitor" in cli.commands:
-        return [sys.executable, "-m", "agentrun", "monitor", *map(str, args)]
-    return [sys.executable, "-c", "from agentrun.cli.monitor import monitor; monitor(prog_name='agentrun monitor')",
-            *map(str, args)]
+    return [sys.executable, "-m", "agentrun", "monitor", *map(str, args)]
 
 
 def monitor(*args, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -20,19 +20,11 @@ from conftest import agentrun, state, wait_for, write_ws
 
 from agentrun.views import report_data
 from agentrun.views.report import CSV_COLUMNS
-from agentrun.cli.main import cli
-
-# Until `report` is registered in cli.py, run the group on its own.
-WIRED = "report" in cli.commands
-BOOT = "import sys; from agentrun.cli.report import report; sys.argv[0] = 'agentrun report'; report()"
 FAIL_TEXT = 'b is failing: <&> "quoted"'
 
 
 def report_cmd(*args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    if WIRED:
-        return agentrun("report", *args, cwd=cwd, timeout=timeout)
-    return subprocess.run([sys.executable, "-c", BOOT, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return agentrun("report", *args, cwd=cwd, timeout=timeout)
 
 
 def run_workstreams(project: Path, *extra) -> subprocess.CompletedProcess:
